@@ -1,0 +1,58 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BQ_VENV := .venv-bq
+PY := $(VENV)/bin/python
+DATA ?= data/sample
+STACK_STATE ?= .localstack/demo
+STACK := $(PY) -m scripts.localstack --state-dir $(STACK_STATE)
+
+.PHONY: venv demo stop status data run test test-unit bench clean
+
+venv: $(VENV)/.installed $(BQ_VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip check
+	@touch $@
+
+$(BQ_VENV)/.installed: scripts/requirements-bqemulator.txt scripts/install_duckdb_extensions.py
+	@test -x $(BQ_VENV)/bin/python || $(PYTHON) -m venv $(BQ_VENV)
+	$(BQ_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BQ_VENV)/bin/python -m pip install --quiet -r scripts/requirements-bqemulator.txt
+	$(BQ_VENV)/bin/python scripts/install_duckdb_extensions.py
+	@touch $@
+
+## demo: set up, start the local stack, generate sample data, run the batch job, show results.
+demo: venv
+	$(STACK) start
+	$(PY) -m scripts.generate_data --out $(DATA)
+	eval "$$($(STACK) env)" && $(PY) -m pipeline.run \
+	  --runner=FnApiRunner --project=demo-local \
+	  --events='$(DATA)/events-*.ndjson.gz' \
+	  --customers=$(DATA)/customers.csv --catalog=$(DATA)/catalog.csv \
+	  --temp_location=$(CURDIR)/.localstack/tmp
+	eval "$$($(STACK) env)" && $(PY) -m scripts.show --project=demo-local
+	@echo "The local stack is still running: 'make stop' stops it; '$(STACK) env' prints its environment."
+
+stop:
+	@if [ -x $(PY) ]; then $(STACK) stop; else echo "nothing to stop (no $(VENV))"; fi
+
+status:
+	$(STACK) status
+
+## test: set up, run the whole suite (the suite starts and stops its own emulators).
+test: venv
+	$(PY) -m pytest
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+bench: venv
+	$(PY) -m bench.throughput
+
+clean: stop
+	rm -rf $(VENV) $(BQ_VENV) .localstack data build *.egg-info

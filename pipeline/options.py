@@ -1,0 +1,52 @@
+"""Every option the job takes beyond Beam's own (`--project`, `--runner`, `--temp_location`, ...).
+
+Names are a contract: the Makefile, the benchmarks and the flex template's metadata.json use them.
+"""
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
+from transforms.sinks.bigquery import STREAMING_INSERTS, WRITE_METHODS
+
+
+class PersonalizationOptions(PipelineOptions):
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    parser.add_argument(
+        '--events', default=None,
+        help='Comma-separated file patterns of newline-delimited JSON Segment events '
+             '(local paths or gs://; .gz is decompressed), e.g. "data/events-*.ndjson.gz".')
+    parser.add_argument(
+        '--customers', default=None,
+        help='CRM export: CSV with a header (customer_id,email,first_name,last_name,country,'
+             'language,email_opt_in,created_at,loyalty_tier) or NDJSON with the same fields.')
+    parser.add_argument(
+        '--catalog', default=None,
+        help='Product catalog: CSV with a header (product_id,sku,name,category,brand,price,'
+             'currency,in_stock,url,image_url) or NDJSON with the same fields.')
+    parser.add_argument(
+        '--dataset', default='personalization',
+        help='BigQuery dataset of the events, dead_letter and aggregate tables.')
+    parser.add_argument(
+        '--collection', default='customers',
+        help='Firestore collection of the serving documents (one per customer).')
+    parser.add_argument(
+        '--firestore_database', default='(default)',
+        help='Firestore database id.')
+    parser.add_argument(
+        '--bigquery_write_method', default=STREAMING_INSERTS, choices=WRITE_METHODS,
+        help='How rows reach BigQuery. STORAGE_WRITE_API needs a Java expansion service '
+             '(production only). FILE_LOADS needs --temp_location.')
+    parser.add_argument(
+        '--bigquery_location', default=None,
+        help='Location of the BigQuery dataset when the job creates it (e.g. EU, US).')
+    parser.add_argument(
+        '--skip_table_setup', action='store_true', default=False,
+        help='Do not create the dataset and tables before the run (they exist already).')
+    parser.add_argument(
+        '--max_message_bytes', type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+        help='Largest accepted event payload in bytes; larger ones are dead-lettered '
+             '(size_violation).')
+
+  def event_patterns(self) -> list[str]:
+    return [p.strip() for p in (self.events or '').split(',') if p.strip()]

@@ -1,0 +1,93 @@
+"""The run summary: what was read, written, deduplicated and dead-lettered, and whether it adds up."""
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+
+from apache_beam.metrics.metric import MetricsFilter
+
+from transforms import metrics
+
+_DEAD_PREFIX = metrics.DEAD_LETTER_BY_TYPE.format(failure_type='')
+_SENT_PREFIX = metrics.ROWS_SENT.format(table='')
+_REJECTED_PREFIX = metrics.ROWS_REJECTED.format(table='')
+
+
+@dataclasses.dataclass
+class RunSummary:
+  counters: dict[str, int]
+
+  @classmethod
+  def from_result(cls, result) -> 'RunSummary':
+    """Reads the pipeline's counters (committed where the runner reports them, else attempted)."""
+    totals: Counter = Counter()
+    query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
+    for counter in query['counters']:
+      value = counter.committed if counter.committed is not None else counter.attempted
+      totals[counter.key.metric.name] += value or 0
+    return cls(dict(totals))
+
+  def get(self, name: str) -> int:
+    return self.counters.get(name, 0)
+
+  def by_prefix(self, prefix: str) -> dict[str, int]:
+    return {name[len(prefix):]: value for name, value in sorted(self.counters.items())
+            if name.startswith(prefix) and value}
+
+  def problems(self) -> list[str]:
+    """Every way the counts fail to add up; empty when everything read is accounted for."""
+    found = []
+    read, unique = self.get(metrics.EVENTS_READ), self.get(metrics.EVENTS_UNIQUE)
+    dup, dead = self.get(metrics.EVENTS_DUPLICATE), self.get(metrics.EVENTS_DEAD_LETTERED)
+    if read != unique + dup + dead:
+      found.append(f'events read {read} != unique {unique} + duplicates {dup} '
+                   f'+ dead-lettered {dead}')
+    if self.get(metrics.EVENTS_VALID) != unique + dup:
+      found.append(f'valid events {self.get(metrics.EVENTS_VALID)} != unique {unique} '
+                   f'+ duplicates {dup}')
+    for kind in ('customers', 'catalog'):
+      k_read = self.get(metrics.REFERENCE_READ.format(kind=kind))
+      k_valid = self.get(metrics.REFERENCE_VALID.format(kind=kind))
+      k_dead = self.get(metrics.REFERENCE_DEAD_LETTERED.format(kind=kind))
+      if k_read != k_valid + k_dead:
+        found.append(f'{kind} rows read {k_read} != valid {k_valid} + dead-lettered {k_dead}')
+    sent = self.by_prefix(_SENT_PREFIX)
+    if 'events' in sent and sent['events'] != unique:
+      found.append(f'rows sent to events {sent["events"]} != unique events {unique}')
+    lost = self.by_prefix(_REJECTED_PREFIX).get('dead_letter', 0)
+    if lost:
+      found.append(f'{lost} dead letters were rejected by the dead_letter table (see the log)')
+    return found
+
+  def render(self) -> str:
+    read, unique = self.get(metrics.EVENTS_READ), self.get(metrics.EVENTS_UNIQUE)
+    dup, dead = self.get(metrics.EVENTS_DUPLICATE), self.get(metrics.EVENTS_DEAD_LETTERED)
+    lines = [
+        'Run summary',
+        f'  events read          {read:>10,}',
+        f'    valid, written     {unique:>10,}',
+        f'    duplicates dropped {dup:>10,}',
+        f'    dead-lettered      {dead:>10,}',
+        f'  blank lines skipped  {self.get(metrics.BLANK_LINES):>10,}',
+    ]
+    for kind in ('customers', 'catalog'):
+      k_read = self.get(metrics.REFERENCE_READ.format(kind=kind))
+      if k_read:
+        lines.append(
+            f'  {kind + " rows read":<20} {k_read:>10,}  (valid '
+            f'{self.get(metrics.REFERENCE_VALID.format(kind=kind)):,}, dead-lettered '
+            f'{self.get(metrics.REFERENCE_DEAD_LETTERED.format(kind=kind)):,})')
+    for failure_type, count in self.by_prefix(_DEAD_PREFIX).items():
+      lines.append(f'  dead letters: {failure_type:<22} {count:>8,}')
+    for table, count in self.by_prefix(_SENT_PREFIX).items():
+      lines.append(f'  BigQuery rows sent to {table:<14} {count:>8,}')
+    for table, count in self.by_prefix(_REJECTED_PREFIX).items():
+      lines.append(f'  BigQuery rows rejected by {table:<10} {count:>8,}')
+    lines.append(f'  documents written    {self.get(metrics.DOCUMENTS_WRITTEN):>10,}')
+    problems = self.problems()
+    if problems:
+      lines.extend(f'  DOES NOT ADD UP: {p}' for p in problems)
+    else:
+      lines.append(f'  check: read {read:,} = written {unique:,} + duplicates {dup:,} '
+                   f'+ dead-lettered {dead:,}')
+    return '\n'.join(lines)

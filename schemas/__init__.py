@@ -1,0 +1,164 @@
+"""Record shapes, defined once, and everything derived from them.
+
+* `segment_event.schema.json` (JSON Schema, draft-07) is the input contract: the event validator is
+  compiled from it with fastjsonschema.
+* `<table>.avsc` (Avro) is the shape of each warehouse record. The BigQuery table schema, its
+  partitioning and clustering (the record's `bigquery` attribute), the JSON rows sent to BigQuery and
+  Avro writers are all derived from these files; nothing re-types them by hand.
+
+This package imports nothing else of the project.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import pathlib
+from typing import Any, Callable
+
+import fastjsonschema
+import orjson
+
+SCHEMA_DIR = pathlib.Path(__file__).parent
+# Warehouse tables, in creation order. Each has a `<name>.avsc` file.
+TABLES = ('events', 'dead_letter')
+
+_EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+
+
+@functools.cache
+def avro_schema(name: str) -> dict:
+  """The Avro schema of record `name` (a dict, as written in `<name>.avsc`)."""
+  path = SCHEMA_DIR / f'{name}.avsc'
+  if not path.exists():
+    raise ValueError(f'unknown record schema {name!r}: no {path.name} in {SCHEMA_DIR}')
+  return json.loads(path.read_text())
+
+
+@functools.cache
+def segment_event_schema() -> dict:
+  """The input contract (JSON Schema) for Segment events."""
+  return json.loads((SCHEMA_DIR / 'segment_event.schema.json').read_text())
+
+
+@functools.cache
+def segment_event_validator() -> Callable[[Any], Any]:
+  """A compiled validator: raises fastjsonschema.JsonSchemaValueException naming the field."""
+  return fastjsonschema.compile(segment_event_schema())
+
+
+def supported_event_types() -> tuple[str, ...]:
+  return tuple(segment_event_schema()['properties']['type']['enum'])
+
+
+# ---- BigQuery, derived from Avro ---------------------------------------------------------------
+
+_AVRO_TO_BQ = {
+    'string': 'STRING',
+    'boolean': 'BOOLEAN',
+    'int': 'INTEGER',
+    'long': 'INTEGER',
+    'float': 'FLOAT',
+    'double': 'FLOAT',
+    'bytes': 'BYTES',
+}
+_LOGICAL_TO_BQ = {
+    'timestamp-micros': 'TIMESTAMP',
+    'timestamp-millis': 'TIMESTAMP',
+    'date': 'DATE',
+    'decimal': 'NUMERIC',
+}
+
+
+def _bq_field(field: dict) -> dict:
+  avro_type = field['type']
+  mode = 'REQUIRED'
+  if isinstance(avro_type, list):
+    non_null = [t for t in avro_type if t != 'null']
+    if len(non_null) != 1 or len(avro_type) != 2:
+      raise ValueError(f'field {field["name"]}: only ["null", T] unions map to BigQuery')
+    avro_type, mode = non_null[0], 'NULLABLE'
+  if isinstance(avro_type, dict) and avro_type.get('type') == 'array':
+    avro_type, mode = avro_type['items'], 'REPEATED'
+  out: dict = {'name': field['name'], 'mode': mode}
+  if isinstance(avro_type, dict) and avro_type.get('type') == 'record':
+    out['type'] = 'RECORD'
+    out['fields'] = [_bq_field(f) for f in avro_type['fields']]
+  elif isinstance(avro_type, dict) and avro_type.get('logicalType') in _LOGICAL_TO_BQ:
+    out['type'] = _LOGICAL_TO_BQ[avro_type['logicalType']]
+  else:
+    base = avro_type['type'] if isinstance(avro_type, dict) else avro_type
+    if base not in _AVRO_TO_BQ:
+      raise ValueError(f'field {field["name"]}: Avro type {base!r} has no BigQuery mapping')
+    out['type'] = field.get('sqlType', _AVRO_TO_BQ[base])
+  if field.get('doc'):
+    out['description'] = field['doc']
+  return out
+
+
+@functools.cache
+def bigquery_fields(name: str) -> tuple[dict, ...]:
+  """BigQuery schema fields (REST API representation) of record `name`."""
+  return tuple(_bq_field(f) for f in avro_schema(name)['fields'])
+
+
+def bigquery_schema(name: str) -> dict:
+  """`{'fields': [...]}`: the form Beam's WriteToBigQuery and the REST API take."""
+  return {'fields': [dict(f) for f in bigquery_fields(name)]}
+
+
+def table_id(name: str) -> str:
+  return avro_schema(name)['bigquery']['table']
+
+
+def time_partitioning(name: str) -> dict:
+  """`{'type': 'DAY', 'field': ...}` for the table of record `name`."""
+  return dict(avro_schema(name)['bigquery']['time_partitioning'])
+
+
+def clustering_fields(name: str) -> list[str]:
+  return list(avro_schema(name)['bigquery'].get('clustering', []))
+
+
+@functools.cache
+def _row_converters(name: str) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+  convs = []
+  for field in bigquery_fields(name):
+    if field['type'] == 'TIMESTAMP':
+      convs.append((field['name'], micros_to_rfc3339))
+    elif field['type'] == 'JSON':
+      convs.append((field['name'], _json_text))
+    else:
+      convs.append((field['name'], None))
+  return tuple(convs)
+
+
+def to_bigquery_row(name: str, record: dict) -> dict:
+  """The JSON row BigQuery's insertAll and NDJSON loads take, from an in-pipeline record.
+
+  In the pipeline timestamps are integer microseconds since the epoch (as in Avro) and JSON
+  columns hold Python objects; BigQuery wants RFC 3339 strings and JSON text.
+  """
+  row = {}
+  for field_name, convert in _row_converters(name):
+    value = record.get(field_name)
+    row[field_name] = value if value is None or convert is None else convert(value)
+  return row
+
+
+def micros_to_rfc3339(micros: int) -> str:
+  return (_EPOCH + _dt.timedelta(microseconds=micros)).strftime('%Y-%m-%dT%H:%M:%S.%fZ')
+
+
+def datetime_to_micros(value: _dt.datetime) -> int:
+  if value.tzinfo is None:
+    value = value.replace(tzinfo=_dt.timezone.utc)
+  return (value - _EPOCH) // _dt.timedelta(microseconds=1)
+
+
+def micros_to_datetime(micros: int) -> _dt.datetime:
+  return _EPOCH + _dt.timedelta(microseconds=micros)
+
+
+def _json_text(value: Any) -> str:
+  return value if isinstance(value, str) else orjson.dumps(value).decode()

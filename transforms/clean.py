@@ -1,0 +1,57 @@
+"""Parse and validate events; everything that fails becomes a dead-letter record."""
+from __future__ import annotations
+
+import time
+
+import apache_beam as beam
+
+from transforms import metrics
+from transforms.rules import dead_letters, events
+from transforms.rules.dead_letters import Rejection
+
+STEP = 'ParseEvents'
+
+
+class _ParseEventFn(beam.DoFn):
+  """(source, payload bytes) -> event record, or a dead letter on the `dead_letter` tag."""
+
+  def __init__(self, max_bytes: int):
+    self._max_bytes = max_bytes
+    self._read = metrics.counter(metrics.EVENTS_READ)
+    self._valid = metrics.counter(metrics.EVENTS_VALID)
+    self._dead = metrics.counter(metrics.EVENTS_DEAD_LETTERED)
+
+  def process(self, element):
+    source, payload = element
+    self._read.inc()
+    now = time.time_ns() // 1000
+    result = events.parse_event(payload, source, now, self._max_bytes)
+    if isinstance(result, Rejection):
+      self._dead.inc()
+      metrics.counter(
+          metrics.DEAD_LETTER_BY_TYPE.format(failure_type=result.failure_type)).inc()
+      yield beam.pvalue.TaggedOutput('dead_letter', dead_letters.dead_letter(
+          result.failure_type, result.message, STEP, payload, source, now))
+    else:
+      self._valid.inc()
+      yield result
+
+
+class ParseEvents(beam.PTransform):
+  """Parses, validates and normalises Segment events.
+
+  Input: `(source, payload)` pairs, payload the raw bytes of one JSON event. Output: a tuple with
+  `events` (event records shaped like `schemas/events.avsc`, JSON columns as Python objects, times
+  as epoch microseconds) and `dead_letter` (records shaped like `schemas/dead_letter.avsc`).
+  Every input element lands in exactly one of the two.
+  """
+
+  def __init__(self, max_message_bytes: int = events.DEFAULT_MAX_MESSAGE_BYTES):
+    super().__init__()
+    if max_message_bytes <= 0:
+      raise ValueError(f'max_message_bytes must be positive, got {max_message_bytes}')
+    self._max_bytes = max_message_bytes
+
+  def expand(self, pcoll):
+    return pcoll | 'Parse' >> beam.ParDo(_ParseEventFn(self._max_bytes)).with_outputs(
+        'dead_letter', main='events')

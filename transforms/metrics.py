@@ -1,0 +1,32 @@
+"""The pipeline's Beam metrics: one namespace, one place that names every counter.
+
+The run summary reads these back; tests assert on collected outputs, not on counters alone
+(the BundleBasedDirectRunner under-counts).
+"""
+from apache_beam.metrics import Metrics
+
+NAMESPACE = 'personalization'
+
+
+def counter(name: str):
+  return Metrics.counter(NAMESPACE, name)
+
+
+# Events: read = unique + duplicates + dead_lettered.
+EVENTS_READ = 'events_read'
+EVENTS_VALID = 'events_valid'
+EVENTS_DUPLICATE = 'events_duplicate'
+EVENTS_UNIQUE = 'events_unique'
+EVENTS_DEAD_LETTERED = 'events_dead_lettered'
+BLANK_LINES = 'blank_lines_skipped'
+# Reference data: read = valid + dead_lettered, per kind (customers, catalog).
+REFERENCE_READ = '{kind}_read'
+REFERENCE_VALID = '{kind}_valid'
+REFERENCE_DEAD_LETTERED = '{kind}_dead_lettered'
+# Dead letters by failure type: dead_letter_<failure_type>.
+DEAD_LETTER_BY_TYPE = 'dead_letter_{failure_type}'
+# Sinks.
+ROWS_SENT = 'rows_sent_{table}'
+ROWS_REJECTED = 'rows_rejected_{table}'
+DOCUMENTS_WRITTEN = 'documents_written'
+FIRESTORE_COMMITS = 'firestore_commits'

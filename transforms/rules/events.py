@@ -1,0 +1,156 @@
+"""Parse, validate and normalise one Segment event. Pure functions, no Beam.
+
+`parse_event(payload, source, ingested_at_micros)` returns either an event record (a dict shaped
+like `schemas/events.avsc`, with JSON columns as Python objects) or a `Rejection` saying why not.
+It never raises on bad input: every payload ends up valid or rejected.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Any
+
+import fastjsonschema
+import orjson
+
+import schemas
+from transforms.rules.dead_letters import Rejection
+
+DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024
+
+# Failure types (the `failure_type` column of the dead-letter table).
+INVALID_JSON = 'invalid_json'
+SCHEMA_VIOLATION = 'schema_violation'
+SIZE_VIOLATION = 'size_violation'
+UNSUPPORTED_TYPE = 'unsupported_type'
+
+# snake_case keys RudderStack and others send, mapped onto the Segment (camelCase) names.
+_ALIASES = {
+    'message_id': 'messageId',
+    'user_id': 'userId',
+    'anonymous_id': 'anonymousId',
+    'original_timestamp': 'originalTimestamp',
+    'sent_at': 'sentAt',
+    'received_at': 'receivedAt',
+}
+_TIME_FIELDS = ('timestamp', 'originalTimestamp', 'sentAt', 'receivedAt')
+# Event times outside this range are rejected: BigQuery DAY partitions hold 1960..2159, and a
+# timestamp in year 1 or 9999 is a client bug, not a customer action.
+_MIN_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_MAX_TIME = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def parse_event(payload: bytes | str,
+                source: str,
+                ingested_at: int,
+                max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> dict | Rejection:
+  """One raw payload (a JSON line or a Pub/Sub message body) -> event record or Rejection.
+
+  `ingested_at` is microseconds since the epoch.
+  """
+  size = len(payload.encode() if isinstance(payload, str) else payload)
+  if size > max_bytes:
+    return Rejection(SIZE_VIOLATION, f'message is {size} bytes, over the limit of {max_bytes}')
+  try:
+    raw = orjson.loads(payload)
+  except orjson.JSONDecodeError as err:
+    return Rejection(INVALID_JSON, f'not valid JSON: {err}')
+  if not isinstance(raw, dict):
+    return Rejection(SCHEMA_VIOLATION, f'event must be a JSON object, got {type(raw).__name__}')
+  for alias, name in _ALIASES.items():
+    if alias in raw and name not in raw:
+      raw[name] = raw.pop(alias)
+  call_type = raw.get('type')
+  if call_type not in schemas.supported_event_types():
+    return Rejection(
+        UNSUPPORTED_TYPE,
+        f'type {call_type!r} is not one of {", ".join(schemas.supported_event_types())}')
+  try:
+    schemas.segment_event_validator()(raw)
+  except fastjsonschema.JsonSchemaValueException as err:
+    return Rejection(SCHEMA_VIOLATION, _describe(err))
+  times = {}
+  for name in _TIME_FIELDS:
+    value = raw.get(name)
+    if value is None:
+      continue
+    parsed = parse_time(value)
+    if parsed is None:
+      return Rejection(SCHEMA_VIOLATION, f'{name} is not an ISO-8601 timestamp: {value!r}')
+    times[name] = parsed
+  event_time = _event_time(times)
+  if not _MIN_TIME <= event_time < _MAX_TIME:
+    return Rejection(SCHEMA_VIOLATION,
+                     f'event time {event_time.isoformat()} is outside 1970..2099')
+  properties = raw.get('properties')
+  traits = raw.get('traits')
+  context = raw.get('context')
+  email = _pop_email(traits, properties, context)
+  return {
+      'message_id': raw['messageId'],
+      'type': call_type,
+      'event': raw.get('event') if call_type == 'track' else raw.get('name'),
+      'user_id': raw.get('userId') or None,
+      'anonymous_id': raw.get('anonymousId') or None,
+      'event_time': schemas.datetime_to_micros(event_time),
+      'original_timestamp': _micros_or_none(times.get('originalTimestamp')),
+      'sent_at': _micros_or_none(times.get('sentAt')),
+      'received_at': _micros_or_none(times.get('receivedAt')),
+      'email_sha256': hash_email(email) if email else None,
+      'properties': properties,
+      'traits': traits,
+      'context': context,
+      'source': source,
+      'ingested_at': ingested_at,
+  }
+
+
+def hash_email(email: str) -> str:
+  """Hex SHA-256 of the trimmed, lower-cased address (the join key ESPs and ad platforms use)."""
+  return hashlib.sha256(email.strip().lower().encode()).hexdigest()
+
+
+def _describe(err: fastjsonschema.JsonSchemaValueException) -> str:
+  # fastjsonschema names the field as `data.properties.price`; the event is the document root.
+  message = err.message.replace('data.', '', 1) if err.message.startswith('data.') else err.message
+  return message.replace('data ', 'event ', 1)
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+  """ISO-8601 text -> aware UTC datetime (naive means UTC), or None when it is not one."""
+  if not isinstance(value, str):
+    return None
+  try:
+    parsed = dt.datetime.fromisoformat(value)
+  except ValueError:
+    return None
+  if parsed.tzinfo is None:
+    return parsed.replace(tzinfo=dt.timezone.utc)
+  return parsed.astimezone(dt.timezone.utc)
+
+
+def _event_time(times: dict[str, dt.datetime]) -> dt.datetime:
+  """Segment's clock-skew correction: receivedAt - (sentAt - originalTimestamp) when all known."""
+  received, sent, original = (times.get('receivedAt'), times.get('sentAt'),
+                              times.get('originalTimestamp'))
+  if received and sent and original:
+    return received - (sent - original)
+  return times.get('timestamp') or original
+
+
+def _micros_or_none(value: dt.datetime | None) -> int | None:
+  return None if value is None else schemas.datetime_to_micros(value)
+
+
+def _pop_email(traits: Any, properties: Any, context: Any) -> str | None:
+  """Remove every email field (so the raw address is stored nowhere) and return the first."""
+  found = None
+  holders = [traits, properties]
+  if isinstance(context, dict):
+    holders.append(context.get('traits'))
+  for holder in holders:
+    if isinstance(holder, dict) and 'email' in holder:
+      value = holder.pop('email')
+      if found is None and isinstance(value, str) and value.strip():
+        found = value
+  return found
