@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
+import re
 from typing import Mapping
+
+# An email address anywhere in a payload. Dead letters keep the original payload, but raw emails
+# are never stored: each address is replaced by the same SHA-256 the pipeline stores for it.
+_EMAIL = re.compile(rb'[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,11 +27,14 @@ def dead_letter(failure_type: str,
                 source: str,
                 failed_at: int,
                 attributes: Mapping[str, str] | None = None) -> dict:
-  """A dead-letter record carrying the original payload losslessly.
+  """A dead-letter record carrying the original payload.
 
   Text stays readable in the warehouse; bytes that are not valid UTF-8 are kept as base64 and
-  flagged by `payload_encoding`, so nothing is lost or silently replaced.
+  flagged by `payload_encoding`. The one change made to the payload (and the message) is privacy:
+  email addresses become `[email-sha256:<hex>]`, the hash the pipeline stores for them.
   """
+  payload = redact_emails(payload.encode() if isinstance(payload, str) else payload)
+  message = redact_emails(message.encode()).decode()
   if isinstance(payload, bytes):
     try:
       text, encoding = payload.decode('utf-8'), 'utf-8'
@@ -45,8 +54,15 @@ def dead_letter(failure_type: str,
   }
 
 
+def redact_emails(data: bytes) -> bytes:
+  """Replaces every email address in `data` by `[email-sha256:<hex of trimmed lower-case>]`."""
+  return _EMAIL.sub(
+      lambda m: b'[email-sha256:' + hashlib.sha256(m.group().lower()).hexdigest().encode() + b']',
+      data)
+
+
 def original_payload(record: dict) -> bytes:
-  """The exact bytes a dead-letter record was made from."""
+  """The bytes a dead-letter record was made from (with emails redacted)."""
   if record['payload_encoding'] == 'base64':
     return base64.b64decode(record['payload'])
   return record['payload'].encode('utf-8')

@@ -111,9 +111,18 @@ def hash_email(email: str) -> str:
 
 
 def _describe(err: fastjsonschema.JsonSchemaValueException) -> str:
-  # fastjsonschema names the field as `data.properties.price`; the event is the document root.
-  message = err.message.replace('data.', '', 1) if err.message.startswith('data.') else err.message
-  return message.replace('data ', 'event ', 1)
+  """A dead-letter message naming the field: the schema's own `errorMessage` where it has one."""
+  definition = err.definition if isinstance(err.definition, dict) else {}
+  if definition.get('errorMessage'):
+    return definition['errorMessage']
+  # fastjsonschema names fields from the root `data` (`data.properties.price`).
+  where = err.name[len('data.'):] if err.name.startswith('data.') else None
+  if err.rule == 'required':
+    value = err.value if isinstance(err.value, dict) else {}
+    missing = ', '.join(name for name in err.rule_definition if name not in value)
+    return f'missing required field(s) {missing}' + (f' in {where}' if where else '')
+  message = err.message[len(err.name) + 1:] if err.message.startswith(err.name) else err.message
+  return f'{where or "event"} {message}'
 
 
 def parse_time(value: Any) -> dt.datetime | None:

@@ -1,0 +1,146 @@
+"""parse_event: Segment spec payloads (the E-commerce v2 spec's example calls) and every failure."""
+import datetime as dt
+import hashlib
+
+import orjson
+import pytest
+
+import schemas
+from transforms.rules import events
+from transforms.rules.dead_letters import Rejection
+
+NOW = 1_800_000_000_000_000
+
+# The `Product Viewed` example of the Segment E-commerce v2 spec, as a full track call.
+PRODUCT_VIEWED = {
+    'type': 'track',
+    'event': 'Product Viewed',
+    'messageId': 'ajs-7f1c2e',
+    'userId': 'c00042',
+    'anonymousId': 'anon-1',
+    'timestamp': '2026-11-02T10:15:00.000Z',
+    'context': {'ip': '8.8.8.8', 'traits': {'email': 'Peter@Example.com'}},
+    'properties': {
+        'product_id': '507f1f77bcf86cd799439011', 'sku': 'G-32', 'category': 'Games',
+        'name': 'Monopoly: 3rd Edition', 'brand': 'Hasbro', 'variant': '200 pieces',
+        'price': 18.99, 'quantity': 1, 'coupon': 'MAYDEALS', 'currency': 'usd', 'position': 3,
+        'value': 18.99, 'url': 'https://www.example.com/product/path',
+        'image_url': 'https://www.example.com/product/path.jpg'},
+}
+IDENTIFY = {
+    'type': 'identify', 'messageId': 'id-1', 'userId': 'c00042', 'anonymousId': 'anon-1',
+    'timestamp': '2026-11-02T10:14:00Z',
+    'traits': {'email': ' Peter@Example.com ', 'first_name': 'Peter'},
+}
+PAGE = {
+    'type': 'page', 'name': 'Home', 'messageId': 'pg-1', 'anonymousId': 'anon-1',
+    'timestamp': '2026-11-02T10:13:00+01:00', 'properties': {'path': '/', 'title': 'Shop'},
+}
+
+
+def parse(value, **kwargs):
+  payload = value if isinstance(value, (bytes, str)) else orjson.dumps(value)
+  return events.parse_event(payload, 'file:test', NOW, **kwargs)
+
+
+def micros(text):
+  return schemas.datetime_to_micros(dt.datetime.fromisoformat(text))
+
+
+def test_track_event_is_normalised():
+  event = parse(PRODUCT_VIEWED)
+  assert event['message_id'] == 'ajs-7f1c2e'
+  assert (event['type'], event['event']) == ('track', 'Product Viewed')
+  assert (event['user_id'], event['anonymous_id']) == ('c00042', 'anon-1')
+  assert event['event_time'] == micros('2026-11-02T10:15:00+00:00')
+  assert event['properties']['price'] == 18.99
+  assert event['source'] == 'file:test' and event['ingested_at'] == NOW
+  assert set(event) == {f['name'] for f in schemas.avro_schema('events')['fields']}
+
+
+def test_email_is_hashed_and_removed_everywhere():
+  event = parse(PRODUCT_VIEWED)
+  assert event['email_sha256'] == hashlib.sha256(b'peter@example.com').hexdigest()
+  assert 'email' not in event['context']['traits']
+  identify = parse(IDENTIFY)
+  assert identify['email_sha256'] == event['email_sha256']  # trimmed and lower-cased first
+  assert identify['traits'] == {'first_name': 'Peter'}
+  assert identify['event'] is None
+  assert b'@' not in orjson.dumps(identify)
+
+
+def test_page_uses_its_name_and_times_become_utc():
+  event = parse(PAGE)
+  assert event['event'] == 'Home'
+  assert event['user_id'] is None
+  assert event['event_time'] == micros('2026-11-02T09:13:00+00:00')
+
+
+def test_snake_case_keys_from_rudderstack_are_accepted():
+  payload = {'type': 'track', 'event': 'Product Added', 'message_id': 'r-1', 'user_id': 'c1',
+             'anonymous_id': 'a1', 'original_timestamp': '2026-11-02T10:00:00Z',
+             'sent_at': '2026-11-02T10:00:01Z', 'received_at': '2026-11-02T10:00:05Z'}
+  event = parse(payload)
+  assert (event['message_id'], event['user_id'], event['anonymous_id']) == ('r-1', 'c1', 'a1')
+  assert event['received_at'] == micros('2026-11-02T10:00:05+00:00')
+
+
+def test_clock_skew_is_corrected_as_segment_does():
+  # The device clock is 2 minutes fast: it says it sent at 10:02:01, the server got it at 10:00:02.
+  payload = {**PRODUCT_VIEWED, 'timestamp': '2026-11-02T10:02:00Z',
+             'originalTimestamp': '2026-11-02T10:02:00Z', 'sentAt': '2026-11-02T10:02:01Z',
+             'receivedAt': '2026-11-02T10:00:02Z'}
+  assert parse(payload)['event_time'] == micros('2026-11-02T10:00:01+00:00')
+
+
+def test_without_received_at_timestamp_is_used_then_original_timestamp():
+  payload = dict(PRODUCT_VIEWED)
+  del payload['timestamp']
+  payload['originalTimestamp'] = '2026-11-02T08:00:00Z'
+  assert parse(payload)['event_time'] == micros('2026-11-02T08:00:00+00:00')
+
+
+@pytest.mark.parametrize('payload, failure_type, words', [
+    (b'{"type": "track", "messageId": ', events.INVALID_JSON, 'not valid JSON'),
+    (b'not json at all', events.INVALID_JSON, 'not valid JSON'),
+    (b'\xff\xfe{"type":"track"}', events.INVALID_JSON, 'not valid JSON'),
+    (b'[1, 2]', events.SCHEMA_VIOLATION, 'must be a JSON object'),
+    (b'42', events.SCHEMA_VIOLATION, 'must be a JSON object'),
+    ({**PAGE, 'type': 'screen'}, events.UNSUPPORTED_TYPE, "'screen'"),
+    ({**PAGE, 'type': None}, events.UNSUPPORTED_TYPE, 'None'),
+    ({k: v for k, v in PAGE.items() if k != 'messageId'}, events.SCHEMA_VIOLATION,
+     'missing required field(s) messageId'),
+    ({**PAGE, 'anonymousId': ''}, events.SCHEMA_VIOLATION, 'userId or anonymousId'),
+    ({**PAGE, 'anonymousId': None, 'userId': None}, events.SCHEMA_VIOLATION,
+     'userId or anonymousId'),
+    ({k: v for k, v in PRODUCT_VIEWED.items() if k != 'event'}, events.SCHEMA_VIOLATION,
+     'event name'),
+    ({**PRODUCT_VIEWED, 'properties': {'price': '12,99'}}, events.SCHEMA_VIOLATION,
+     'properties.price must be number'),
+    ({**PRODUCT_VIEWED, 'properties': {'products': [{'quantity': 'two'}]}},
+     events.SCHEMA_VIOLATION, 'properties.products[0].quantity must be number'),
+    ({**PRODUCT_VIEWED, 'timestamp': 'yesterday'}, events.SCHEMA_VIOLATION,
+     "timestamp is not an ISO-8601 timestamp: 'yesterday'"),
+    ({k: v for k, v in PAGE.items() if k != 'timestamp'}, events.SCHEMA_VIOLATION,
+     'timestamp or originalTimestamp is required'),
+    ({**PAGE, 'timestamp': '0001-01-01T00:00:00Z'}, events.SCHEMA_VIOLATION, 'outside'),
+    ({**PAGE, 'timestamp': '9999-12-31T23:59:59Z'}, events.SCHEMA_VIOLATION, 'outside'),
+    ({**PAGE, 'context': 'not an object'}, events.SCHEMA_VIOLATION, 'context must be object'),
+])
+def test_every_failure_is_a_rejection_naming_the_problem(payload, failure_type, words):
+  result = parse(payload)
+  assert isinstance(result, Rejection)
+  assert result.failure_type == failure_type
+  assert words in result.message
+
+
+def test_size_limit_is_checked_before_parsing():
+  big = {**PAGE, 'properties': {'blob': 'x' * 40_000}}
+  result = parse(big)
+  assert isinstance(result, Rejection) and result.failure_type == events.SIZE_VIOLATION
+  assert 'over the limit of 32768' in result.message
+  assert isinstance(parse(big, max_bytes=64 * 1024), dict)
+
+
+def test_str_payloads_are_accepted_too():
+  assert parse(orjson.dumps(PAGE).decode())['message_id'] == 'pg-1'
