@@ -1,0 +1,70 @@
+import pytest
+
+from pipeline import run as run_module
+from pipeline.summary import RunSummary
+
+
+def summary(**counters):
+  return RunSummary(counters)
+
+
+def test_summary_adds_up():
+  s = summary(events_read=10, events_valid=8, events_unique=6, events_duplicate=2,
+              events_dead_lettered=2, customers_read=3, customers_valid=2,
+              customers_dead_lettered=1, rows_sent_events=6, dead_letter_invalid_json=2,
+              documents_written=4)
+  assert s.problems() == []
+  text = s.render()
+  assert 'check: read 10 = written 6 + duplicates 2 + dead-lettered 2' in text
+  assert 'invalid_json' in text and 'documents written' in text
+
+
+@pytest.mark.parametrize('counters, words', [
+    (dict(events_read=10, events_valid=8, events_unique=6, events_duplicate=2,
+          events_dead_lettered=1), 'events read 10'),
+    (dict(events_read=3, events_valid=2, events_unique=1, events_duplicate=0,
+          events_dead_lettered=2), 'valid events 2'),
+    (dict(catalog_read=5, catalog_valid=3, catalog_dead_lettered=1), 'catalog rows read 5'),
+    (dict(events_read=1, events_valid=1, events_unique=1, rows_sent_events=0), 'rows sent'),
+    (dict(rows_rejected_dead_letter=2), 'rejected by the dead_letter table'),
+])
+def test_summary_reports_every_way_counts_fail_to_add_up(counters, words):
+  s = summary(**counters)
+  assert any(words in problem for problem in s.problems())
+  assert 'DOES NOT ADD UP' in s.render()
+
+
+def test_options_need_events_and_a_project(tmp_path, monkeypatch):
+  monkeypatch.delenv('GOOGLE_CLOUD_PROJECT', raising=False)
+  events = tmp_path / 'e.ndjson'
+  events.write_text('{}\n')
+  with pytest.raises(run_module.UsageError, match='--project is required'):
+    run_module.resolve_options([f'--events={events}'])
+  with pytest.raises(run_module.UsageError, match='--events is required'):
+    run_module.resolve_options(['--project=demo-local'])
+  with pytest.raises(run_module.UsageError, match="--events: no file matches"):
+    run_module.resolve_options(['--project=demo-local', f'--events={tmp_path}/none-*.ndjson'])
+  with pytest.raises(run_module.UsageError, match="--catalog: no file matches"):
+    run_module.resolve_options(['--project=demo-local', f'--events={events}',
+                                f'--catalog={tmp_path}/missing.csv'])
+  with pytest.raises(run_module.UsageError, match='FILE_LOADS needs --temp_location'):
+    run_module.resolve_options(['--project=demo-local', f'--events={events}',
+                                '--bigquery_write_method=FILE_LOADS'])
+
+
+def test_options_default_to_a_named_local_runner(tmp_path, monkeypatch):
+  monkeypatch.setenv('GOOGLE_CLOUD_PROJECT', 'demo-local')
+  events = tmp_path / 'e.ndjson'
+  events.write_text('{}\n')
+  options, project = run_module.resolve_options([f'--events={events},{events}'])
+  assert project == 'demo-local'
+  assert options.view_as(run_module.StandardOptions).runner == 'FnApiRunner'
+  opts = options.view_as(run_module.PersonalizationOptions)
+  assert opts.event_patterns() == [str(events), str(events)]
+  assert (opts.dataset, opts.collection) == ('personalization', 'customers')
+
+
+def test_main_reports_usage_errors_in_one_line(capsys, monkeypatch):
+  monkeypatch.delenv('GOOGLE_CLOUD_PROJECT', raising=False)
+  assert run_module.main(['--events=/nonexistent/*.ndjson', '--project=demo-local']) == 2
+  assert capsys.readouterr().err.strip() == "error: --events: no file matches '/nonexistent/*.ndjson'"

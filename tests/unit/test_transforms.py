@@ -1,0 +1,110 @@
+"""TestPipeline tests of the composite transforms."""
+import gzip
+
+import apache_beam as beam
+import orjson
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+from tests.unit.beam_helpers import batch_pipeline
+from transforms.clean import ParseEvents
+from transforms.dedupe import DedupeEvents
+from transforms.features import BuildProfiles
+from transforms.rules import reference
+from transforms.sources import ReadEventFiles, ReadReference
+
+
+def track(message_id, user_id='c1', time='2026-11-02T10:00:00Z', name='Product Viewed', **extra):
+  return orjson.dumps({'type': 'track', 'event': name, 'messageId': message_id, 'userId': user_id,
+                       'timestamp': time, **extra})
+
+
+def test_parse_events_splits_valid_events_from_dead_letters():
+  inputs = [('file:a', track('m1')), ('file:a', b'{broken'), ('file:b', track('m2')),
+            ('file:b', orjson.dumps({'type': 'alias', 'messageId': 'x', 'userId': 'u'})),
+            ('file:b', b'\xff\xfe'), ('file:b', track('m3', properties={'price': 'free'}))]
+  with batch_pipeline() as p:
+    out = p | beam.Create(inputs) | ParseEvents()
+    assert_that(out.events | beam.Map(lambda e: (e['message_id'], e['source'])),
+                equal_to([('m1', 'file:a'), ('m2', 'file:b')]), label='Valid')
+    assert_that(out.dead_letter | beam.Map(
+        lambda d: (d['failure_type'], d['step'], d['source'], d['payload_encoding'])),
+                equal_to([('invalid_json', 'ParseEvents', 'file:a', 'utf-8'),
+                          ('unsupported_type', 'ParseEvents', 'file:b', 'utf-8'),
+                          ('invalid_json', 'ParseEvents', 'file:b', 'base64'),
+                          ('schema_violation', 'ParseEvents', 'file:b', 'utf-8')]),
+                label='DeadLetters')
+
+
+def test_parse_events_honours_the_size_limit():
+  with batch_pipeline() as p:
+    out = p | beam.Create([('s', track('m1')), ('s', track('m2', properties={'x': 'y' * 500}))]) \
+        | ParseEvents(max_message_bytes=300)
+    assert_that(out.events | beam.Map(lambda e: e['message_id']), equal_to(['m1']), label='Ok')
+    assert_that(out.dead_letter | beam.Map(lambda d: d['failure_type']),
+                equal_to(['size_violation']), label='TooBig')
+
+
+def test_dedupe_keeps_one_event_per_message_id_preferring_the_earliest_received():
+  events = [
+      {'message_id': 'm1', 'event_time': 5, 'received_at': 9, 'source': 'file:b', 'n': 1},
+      {'message_id': 'm1', 'event_time': 5, 'received_at': 7, 'source': 'file:a', 'n': 2},
+      {'message_id': 'm1', 'event_time': 5, 'received_at': 8, 'source': 'file:a', 'n': 3},
+      {'message_id': 'm2', 'event_time': 1, 'received_at': None, 'source': 'file:a', 'n': 4},
+  ]
+  with batch_pipeline() as p:
+    kept = p | beam.Create(events) | DedupeEvents()
+    assert_that(kept | beam.Map(lambda e: e['n']), equal_to([2, 4]))
+
+
+def test_build_profiles_one_document_per_identified_customer():
+  events = [
+      {'message_id': 'a', 'type': 'track', 'event': 'Product Viewed', 'event_time': 2,
+       'user_id': 'c1'},
+      {'message_id': 'b', 'type': 'identify', 'event': None, 'event_time': 9, 'user_id': 'c1'},
+      {'message_id': 'c', 'type': 'page', 'event': 'Home', 'event_time': 4, 'user_id': None,
+       'anonymous_id': 'a1'},
+      {'message_id': 'd', 'type': 'track', 'event': 'Order Completed', 'event_time': 3,
+       'user_id': 'c2'},
+  ]
+  with batch_pipeline() as p:
+    docs = p | beam.Create(events) | BuildProfiles()
+    assert_that(docs | beam.Map(lambda kv: (kv[0], kv[1]['event_counts'])),
+                equal_to([('c1', {'Product Viewed': 1, 'identify': 1}),
+                          ('c2', {'Order Completed': 1})]))
+
+
+def test_read_event_files_tags_sources_reads_gzip_and_skips_blank_lines(tmp_path):
+  plain = tmp_path / 'a.ndjson'
+  plain.write_bytes(track('m1') + b'\n\n' + track('m2') + b'\n')
+  packed = tmp_path / 'b.ndjson.gz'
+  packed.write_bytes(gzip.compress(track('m3') + b'\n\xff bad bytes\n'))
+  with batch_pipeline() as p:
+    lines = p | ReadEventFiles([str(plain), str(tmp_path / '*.gz')])
+    assert_that(lines, equal_to([(f'file:{plain}', track('m1')), (f'file:{plain}', track('m2')),
+                                 (f'file:{packed}', track('m3')),
+                                 (f'file:{packed}', b'\xff bad bytes')]))
+
+
+def test_read_reference_parses_rows_and_dead_letters_bad_ones(tmp_path):
+  path = tmp_path / 'catalog.csv'
+  path.write_text('product_id,sku,name,category,brand,price,currency,in_stock,url,image_url\n'
+                  'p1,S1,Boot,Shoes,Acme,19.99,USD,true,https://x/p1,https://x/p1.jpg\n'
+                  'p2,S2,Hat,Hats,Acme,cheap,USD,true,,\n'
+                  'p3,S3,Bag\n')
+  with batch_pipeline() as p:
+    out = p | ReadReference('catalog', str(path), reference.parse_product)
+    assert_that(out.records | beam.Map(lambda r: (r['product_id'], r['price'])),
+                equal_to([('p1', 19.99)]), label='Records')
+    assert_that(out.dead_letter | beam.Map(lambda d: (d['failure_type'], d['step'], d['payload'])),
+                equal_to([('schema_violation', 'ReadCatalog', 'p2,S2,Hat,Hats,Acme,cheap,USD,true,,'),
+                          ('invalid_row', 'ReadCatalog', 'p3,S3,Bag')]), label='DeadLetters')
+
+
+def test_transforms_reject_bad_arguments_at_construction():
+  with pytest.raises(ValueError, match='at least one file pattern'):
+    ReadEventFiles([])
+  with pytest.raises(ValueError, match='positive'):
+    ParseEvents(max_message_bytes=0)
+  with pytest.raises(ValueError, match='file pattern'):
+    ReadReference('catalog', '', reference.parse_product)
