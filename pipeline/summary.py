@@ -51,9 +51,9 @@ class RunSummary:
       k_dead = self.get(metrics.REFERENCE_DEAD_LETTERED.format(kind=kind))
       if k_read != k_valid + k_dead:
         found.append(f'{kind} rows read {k_read} != valid {k_valid} + dead-lettered {k_dead}')
-    sent = self.by_prefix(_SENT_PREFIX)
-    if 'events' in sent and sent['events'] != unique:
-      found.append(f'rows sent to events {sent["events"]} != unique events {unique}')
+    sent = self.get(metrics.ROWS_SENT.format(table='events'))
+    if sent != unique:
+      found.append(f'rows sent to events {sent} != unique events {unique}')
     lost = self.by_prefix(_REJECTED_PREFIX).get('dead_letter', 0)
     if lost:
       found.append(f'{lost} dead letters were rejected by the dead_letter table (see the log)')
