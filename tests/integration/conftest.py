@@ -1,0 +1,39 @@
+"""The integration suite's real components: one local stack (Pub/Sub, Firestore and BigQuery
+emulators) per test session, started by scripts.localstack and stopped when the session ends."""
+import os
+import pathlib
+import uuid
+
+import pytest
+
+from scripts import localstack
+
+
+def pytest_collection_modifyitems(items):
+  for item in items:
+    if '/integration/' in str(item.fspath):
+      item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope='session')
+def local_stack(tmp_path_factory):
+  """Starts the emulators (their own state dir, free ports) and exports their environment."""
+  state_dir = pathlib.Path(tmp_path_factory.mktemp('localstack'))
+  env = localstack.start(state_dir)
+  saved = {name: os.environ.get(name) for name in env}
+  os.environ.update(env)
+  try:
+    yield env
+  finally:
+    for name, value in saved.items():
+      if value is None:
+        os.environ.pop(name, None)
+      else:
+        os.environ[name] = value
+    localstack.stop(state_dir)
+
+
+@pytest.fixture
+def unique_name():
+  """A fresh dataset/collection name, so tests sharing the stack never see each other's data."""
+  return f't{uuid.uuid4().hex[:10]}'
