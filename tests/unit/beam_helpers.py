@@ -4,4 +4,4 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 
 def batch_pipeline(**options) -> TestPipeline:
-  return TestPipeline(runner='FnApiRunner', options=PipelineOptions(**options))
+  return TestPipeline(runner='FnApiRunner', options=PipelineOptions(flags=[], **options))

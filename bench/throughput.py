@@ -1,0 +1,194 @@
+"""Batch throughput: the graph against a plain-Python loop doing the same work, in one run.
+
+    python -m bench.throughput [--events 100000] [--repeat 3] [--workdir bench/results]
+
+Both sides read the same generated NDJSON.gz file and do the same work: parse and validate every
+line (transforms.rules.events.parse_event), dead-letter failures, deduplicate by message id, fold a
+profile per customer, and serialise events, dead letters and documents as JSON lines to local
+files. The graph is `pipeline.graph.build_outputs` (the production graph minus its cloud sinks)
+with file sinks, on the FnApiRunner. The benchmark checks that both sides produce the same events,
+dead letters and documents, then prints events/s (median of --repeat runs) and the ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import pathlib
+import platform
+import shutil
+import statistics
+import sys
+import time
+
+import apache_beam as beam
+import orjson
+from apache_beam.options.pipeline_options import PipelineOptions
+
+import schemas
+from pipeline import graph
+from pipeline.options import PersonalizationOptions
+from scripts import generate_data
+from transforms.dedupe import preference_key
+from transforms.rules import dead_letters, events, profile
+from transforms.sources import file_source
+
+
+def _json_default(value):
+  if hasattr(value, 'isoformat'):
+    return value.isoformat()
+  raise TypeError(type(value).__name__)
+
+
+def event_line(event: dict) -> bytes:
+  return orjson.dumps(schemas.to_bigquery_row('events', event))
+
+
+def dead_letter_line(record: dict) -> bytes:
+  return orjson.dumps(schemas.to_bigquery_row('dead_letter', record))
+
+
+def document_line(pair) -> bytes:
+  customer_id, document = pair
+  return orjson.dumps({'id': customer_id, **document}, default=_json_default)
+
+
+def ensure_input(workdir: pathlib.Path, count: int, seed: int) -> tuple[pathlib.Path, dict]:
+  """The generated input (one gz file), reused when a previous run made the same one."""
+  data = workdir / f'data-{count}-seed{seed}'
+  manifest_path = data / 'manifest.json'
+  if manifest_path.exists():
+    manifest = json.loads(manifest_path.read_text())
+  else:
+    print(f'generating {count:,} events into {data} ...', file=sys.stderr)
+    manifest = generate_data.generate(data, customers=max(100, count // 25), products=500,
+                                      events=count, seed=seed, files=1)
+  return data / manifest['files'][0], manifest
+
+
+def reference_loop(path: pathlib.Path, out: pathlib.Path) -> dict:
+  """The same work as the graph, written as a plain loop."""
+  source = file_source(str(path))
+  kept: dict[str, dict] = {}
+  dead = []
+  read = 0
+  with gzip.open(path, 'rb') as lines:
+    for line in lines:
+      line = line.rstrip(b'\r\n')
+      if not line.strip():
+        continue
+      read += 1
+      now = time.time_ns() // 1000
+      result = events.parse_event(line, source, now)
+      if isinstance(result, dead_letters.Rejection):
+        dead.append(dead_letters.dead_letter(result.failure_type, result.message, 'ParseEvents',
+                                             line, source, now))
+        continue
+      previous = kept.get(result['message_id'])
+      if previous is None or preference_key(result) < preference_key(previous):
+        kept[result['message_id']] = result
+  by_customer: dict[str, list] = {}
+  for event in kept.values():
+    if event.get('user_id'):
+      by_customer.setdefault(event['user_id'], []).append(event)
+  documents = [(cid, profile.render(profile.fold(cid, evs))) for cid, evs in by_customer.items()]
+  out.mkdir(parents=True, exist_ok=True)
+  (out / 'events.jsonl').write_bytes(b'\n'.join(event_line(e) for e in kept.values()))
+  (out / 'dead_letter.jsonl').write_bytes(b'\n'.join(dead_letter_line(d) for d in dead))
+  (out / 'documents.jsonl').write_bytes(b'\n'.join(document_line(d) for d in documents))
+  return {'read': read, 'events': len(kept), 'dead_letters': len(dead),
+          'documents': len(documents)}
+
+
+def run_graph(path: pathlib.Path, out: pathlib.Path) -> None:
+  options = PipelineOptions(flags=[], runner='FnApiRunner', direct_num_workers=1)
+  opts = options.view_as(PersonalizationOptions)
+  opts.events = str(path)
+  out.mkdir(parents=True, exist_ok=True)
+  with beam.Pipeline(options=options) as p:
+    outputs = graph.build_outputs(p, opts)
+    for name, pcoll, to_line in (('events', outputs.events, event_line),
+                                 ('dead_letter', outputs.dead_letters, dead_letter_line),
+                                 ('documents', outputs.documents, document_line)):
+      _ = (pcoll
+           | f'Serialise[{name}]' >> beam.Map(to_line)
+           | f'Write[{name}]' >> beam.io.WriteToText(str(out / name), file_name_suffix='.jsonl',
+                                                     coder=beam.coders.BytesCoder()))
+
+
+def _load(out: pathlib.Path, name: str) -> list[dict]:
+  records = []
+  for path in sorted(out.glob(f'{name}*.jsonl')):
+    records.extend(orjson.loads(line) for line in path.read_bytes().splitlines() if line)
+  return records
+
+
+def outputs_fingerprint(out: pathlib.Path) -> dict:
+  """What must be equal between the two sides (times of processing excluded)."""
+  evs = _load(out, 'events')
+  dls = _load(out, 'dead_letter')
+  docs = _load(out, 'documents')
+  return {
+      'events': sorted(orjson.dumps({k: v for k, v in e.items() if k != 'ingested_at'},
+                                    option=orjson.OPT_SORT_KEYS) for e in evs),
+      'dead_letters': sorted((d['failure_type'], d['payload']) for d in dls),
+      'documents': sorted(orjson.dumps(d, option=orjson.OPT_SORT_KEYS) for d in docs),
+  }
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--events', type=int, default=100_000)
+  parser.add_argument('--repeat', type=int, default=3)
+  parser.add_argument('--seed', type=int, default=42)
+  parser.add_argument('--workdir', default='bench/results')
+  args = parser.parse_args(argv)
+  workdir = pathlib.Path(args.workdir)
+  path, manifest = ensure_input(workdir, args.events, args.seed)
+  lines = manifest['lines_total']
+
+  loop_times, graph_times = [], []
+  for i in range(args.repeat):
+    out = workdir / 'out-loop'
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    counts = reference_loop(path, out)
+    loop_times.append(time.perf_counter() - start)
+    out = workdir / 'out-graph'
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    run_graph(path, out)
+    graph_times.append(time.perf_counter() - start)
+    print(f'run {i + 1}/{args.repeat}: loop {lines / loop_times[-1]:,.0f} events/s, '
+          f'graph {lines / graph_times[-1]:,.0f} events/s', file=sys.stderr)
+
+  expected = {'read': lines, 'events': manifest['valid_unique'],
+              'dead_letters': manifest['malformed'] + manifest['invalid'],
+              'documents': manifest['user_ids']}
+  if counts != expected:
+    print(f'FAIL: the loop produced {counts}, the manifest says {expected}', file=sys.stderr)
+    return 1
+  if outputs_fingerprint(workdir / 'out-loop') != outputs_fingerprint(workdir / 'out-graph'):
+    print('FAIL: the graph and the loop produced different outputs', file=sys.stderr)
+    return 1
+
+  loop_rate = lines / statistics.median(loop_times)
+  graph_rate = lines / statistics.median(graph_times)
+  result = {
+      'events': lines, 'repeat': args.repeat, 'runner': 'FnApiRunner (direct_num_workers=1)',
+      'python': platform.python_version(), 'beam': beam.__version__,
+      'loop_events_per_s': round(loop_rate), 'graph_events_per_s': round(graph_rate),
+      'ratio': round(graph_rate / loop_rate, 3),
+      'loop_seconds': [round(t, 2) for t in loop_times],
+      'graph_seconds': [round(t, 2) for t in graph_times],
+  }
+  (workdir / f'throughput-{lines}.json').write_text(json.dumps(result, indent=2) + '\n')
+  print(f'{lines:,} events, median of {args.repeat}: plain loop {loop_rate:,.0f} events/s, '
+        f'graph {graph_rate:,.0f} events/s, ratio {graph_rate / loop_rate:.3f} '
+        f'(outputs identical: {counts["events"]:,} events, {counts["dead_letters"]:,} dead '
+        f'letters, {counts["documents"]:,} documents)')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
