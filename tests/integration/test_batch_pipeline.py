@@ -90,3 +90,24 @@ def test_rerun_into_existing_tables_keeps_them(local_stack, unique_name, sample)
   assert run.main(args) == 0  # tables exist now: created once, appended to
   bq = bigquery_client.cloud_client(PROJECT)
   assert bq.get_table(f'{PROJECT}.{unique_name}.events').clustering_fields == ['user_id', 'event']
+
+
+def test_file_loads_write_method_with_a_local_temp_location(local_stack, unique_name, sample,
+                                                            tmp_path):
+  data, manifest = sample
+  code = run.main([
+      f'--events={data}/events-*.ndjson.gz', f'--project={PROJECT}', '--runner=FnApiRunner',
+      f'--dataset={unique_name}', f'--collection={unique_name}',
+      '--bigquery_write_method=FILE_LOADS', f'--temp_location={tmp_path}'])
+  assert code == 0
+  bq = bigquery_client.cloud_client(PROJECT)
+  count = list(bq.query(f'SELECT COUNT(DISTINCT message_id) AS n, COUNT(*) AS rows '
+                        f'FROM `{PROJECT}.{unique_name}.events`').result())[0]
+  assert (count['n'], count['rows']) == (manifest['valid_unique'], manifest['valid_unique'])
+  dead = list(bq.query(f'SELECT COUNT(*) AS n FROM `{PROJECT}.{unique_name}.dead_letter`')
+              .result())[0]['n']
+  assert dead == manifest['malformed'] + manifest['invalid']
+  # The load job appended to the pre-created table: partitioning and clustering are kept.
+  table = bq.get_table(f'{PROJECT}.{unique_name}.events')
+  assert table.time_partitioning.field == 'event_time'
+  assert table.clustering_fields == ['user_id', 'event']
