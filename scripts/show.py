@@ -14,10 +14,10 @@ from google.cloud import firestore
 from transforms.sinks import bigquery_client
 
 QUERY = """
-SELECT COALESCE(event, type) AS event, COUNT(*) AS events, COUNT(DISTINCT user_id) AS customers,
+SELECT COALESCE(event, type) AS name, COUNT(*) AS events, COUNT(DISTINCT user_id) AS customers,
        MIN(event_time) AS first_seen, MAX(event_time) AS last_seen
 FROM `{project}.{dataset}.events`
-GROUP BY event
+GROUP BY name
 ORDER BY events DESC
 LIMIT 12
 """
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
   rows = list(bq.query(query).result())
   print(f'{"event":<22} {"events":>8} {"customers":>10}  first_seen .. last_seen')
   for row in rows:
-    print(f'{str(row["event"]):<22} {row["events"]:>8} {row["customers"]:>10}  '
+    print(f'{str(row["name"]):<22} {row["events"]:>8} {row["customers"]:>10}  '
           f'{row["first_seen"]:%Y-%m-%d %H:%M} .. {row["last_seen"]:%Y-%m-%d %H:%M}')
 
   db = firestore.Client(project=args.project)

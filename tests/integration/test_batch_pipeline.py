@@ -6,7 +6,7 @@ import pytest
 from google.cloud import firestore
 
 from pipeline import run
-from scripts import generate_data
+from scripts import generate_data, show
 from transforms.sinks import bigquery_client
 
 PROJECT = 'demo-local'
@@ -80,6 +80,13 @@ def test_batch_run_writes_events_dead_letters_and_documents(local_stack, unique_
     assert doc['event_counts'] == dict(expected[customer_id]['counts'])
     assert doc['last_event_at'] == expected[customer_id]['last']
     assert doc['updated_at'] is not None
+
+  # What `make demo` prints after the run: a query over the events table and one document.
+  assert show.main([f'--project={PROJECT}', f'--dataset={unique_name}',
+                    f'--collection={unique_name}']) == 0
+  shown = capsys.readouterr().out
+  assert 'partitioned DAY on event_time, clustered by user_id, event' in shown
+  assert 'Product Viewed' in shown and f'Firestore document {unique_name}/' in shown
 
 
 def test_rerun_into_existing_tables_keeps_them(local_stack, unique_name, sample):
