@@ -26,8 +26,11 @@ $(BQ_VENV)/.installed: scripts/requirements-bqemulator.txt scripts/install_duckd
 	$(BQ_VENV)/bin/python scripts/install_duckdb_extensions.py
 	@touch $@
 
-## demo: set up, start the local stack, generate sample data, run the batch job, show results.
+## demo: set up, start a fresh local stack, generate sample data, run the batch job, show results.
+## The emulators keep data in memory: restarting them makes every demo start from empty tables
+## (a batch re-run over the same files would otherwise append the same events again).
 demo: venv
+	$(STACK) stop
 	$(STACK) start
 	$(PY) -m scripts.generate_data --out $(DATA)
 	eval "$$($(STACK) env)" && $(PY) -m pipeline.run \
