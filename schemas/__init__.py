@@ -128,6 +128,8 @@ def _row_converters(name: str) -> tuple[tuple[str, Callable[[Any], Any] | None],
       convs.append((field['name'], micros_to_rfc3339))
     elif field['type'] == 'JSON':
       convs.append((field['name'], _json_text))
+    elif field['type'] == 'NUMERIC':
+      convs.append((field['name'], str))  # Decimal -> exact text; BigQuery parses it exactly
     else:
       convs.append((field['name'], None))
   return tuple(convs)
@@ -136,8 +138,9 @@ def _row_converters(name: str) -> tuple[tuple[str, Callable[[Any], Any] | None],
 def to_bigquery_row(name: str, record: dict) -> dict:
   """The JSON row BigQuery's insertAll and NDJSON loads take, from an in-pipeline record.
 
-  In the pipeline timestamps are integer microseconds since the epoch (as in Avro) and JSON
-  columns hold Python objects; BigQuery wants RFC 3339 strings and JSON text.
+  In the pipeline timestamps are integer microseconds since the epoch (as in Avro), NUMERIC
+  columns hold Decimals and JSON columns Python objects; BigQuery wants RFC 3339 strings, decimal
+  text and JSON text.
   """
   row = {}
   for field_name, convert in _row_converters(name):

@@ -144,3 +144,46 @@ def test_size_limit_is_checked_before_parsing():
 
 def test_str_payloads_are_accepted_too():
   assert parse(orjson.dumps(PAGE).decode())['message_id'] == 'pg-1'
+
+
+def test_commerce_fields_become_typed_columns():
+  order = {'type': 'track', 'event': 'Order Completed', 'messageId': 'o-1', 'userId': 'c1',
+           'timestamp': '2026-11-02T10:00:00Z',
+           'properties': {'order_id': 50314, 'total': 27.5, 'revenue': 25.0, 'currency': 'eur',
+                          'products': [{'product_id': '507f1f77bcf86cd799439011', 'price': 19,
+                                        'quantity': 1}]}}
+  event = parse(order)
+  assert event['order_id'] == '50314'
+  assert event['total'] == events.decimal.Decimal('27.5')
+  assert str(event['revenue']) == '25.0' and event['price'] is None
+  assert event['currency'] == 'EUR'
+  assert event['product_id'] is None and event['quantity'] is None
+
+
+def test_product_events_default_quantity_and_currency():
+  event = parse({**PRODUCT_VIEWED, 'properties': {'product_id': 42, 'price': 18.99}})
+  assert (event['product_id'], event['quantity'], event['currency']) == ('42', 1, 'USD')
+  assert str(event['price']) == '18.99'  # the float's shortest repr, not its binary expansion
+  added = parse({**PRODUCT_VIEWED, 'properties': {'product_id': 'p', 'quantity': 3.0}})
+  assert added['quantity'] == 3 and added['currency'] is None
+  assert schemas.to_bigquery_row('events', event)['price'] == '18.99'
+
+
+def test_money_beyond_numeric_scale_is_rounded_half_even():
+  event = parse({**PRODUCT_VIEWED, 'properties': {'price': 0.1234567891234}})
+  assert str(event['price']) == '0.123456789'
+
+
+@pytest.mark.parametrize('properties, words', [
+    ({'quantity': 0}, 'properties.quantity must be bigger than or equal to 1'),
+    ({'quantity': -2}, 'properties.quantity must be bigger than or equal to 1'),
+    ({'quantity': 2.5}, 'properties.quantity must be a whole number'),
+    ({'price': 1e300}, 'properties.price must be smaller than or equal to'),
+    ({'currency': 'dollars'}, 'properties.currency must match pattern'),
+    ({'products': [{'quantity': 0}]}, 'properties.products[0].quantity must be bigger'),
+    ({'order_id': {'nested': 1}}, 'properties.order_id must be string or integer'),
+])
+def test_commerce_values_out_of_contract_are_rejected(properties, words):
+  result = parse({**PRODUCT_VIEWED, 'properties': properties})
+  assert isinstance(result, Rejection) and result.failure_type == events.SCHEMA_VIOLATION
+  assert words in result.message

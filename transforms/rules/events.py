@@ -7,6 +7,7 @@ It never raises on bad input: every payload ends up valid or rejected.
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import hashlib
 from typing import Any
 
@@ -17,6 +18,11 @@ import schemas
 from transforms.rules.dead_letters import Rejection
 
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024
+DEFAULT_CURRENCY = 'USD'
+_MONEY_FIELDS = ('price', 'total', 'revenue')
+# BigQuery NUMERIC holds 9 decimal places.
+_MONEY_SCALE = 9
+_MONEY_QUANTUM = decimal.Decimal(1).scaleb(-_MONEY_SCALE)
 
 # Failure types (the `failure_type` column of the dead-letter table).
 INVALID_JSON = 'invalid_json'
@@ -86,6 +92,9 @@ def parse_event(payload: bytes | str,
   traits = raw.get('traits')
   context = raw.get('context')
   email = _pop_email(traits, properties, context)
+  commerce = _commerce(properties or {})
+  if isinstance(commerce, Rejection):
+    return commerce
   return {
       'message_id': raw['messageId'],
       'type': call_type,
@@ -97,12 +106,48 @@ def parse_event(payload: bytes | str,
       'sent_at': _micros_or_none(times.get('sentAt')),
       'received_at': _micros_or_none(times.get('receivedAt')),
       'email_sha256': hash_email(email) if email else None,
+      **commerce,
       'properties': properties,
       'traits': traits,
       'context': context,
       'source': source,
       'ingested_at': ingested_at,
   }
+
+
+def _commerce(properties: dict) -> dict | Rejection:
+  """The E-commerce v2 fields as typed columns: ids as strings, money as Decimal, quantity as int.
+
+  The schema has already checked the types and ranges; this only converts. `quantity` defaults to 1
+  on events about a product and is null elsewhere; `currency` defaults to USD when there is money.
+  """
+  money = {}
+  for name in _MONEY_FIELDS:
+    value = properties.get(name)
+    # str() of a float is its shortest repr, so 18.99 becomes Decimal('18.99'), not a binary tail.
+    money[name] = None if value is None else decimal.Decimal(str(value))
+    if money[name] is not None and money[name].as_tuple().exponent < -_MONEY_SCALE:
+      money[name] = money[name].quantize(_MONEY_QUANTUM, rounding=decimal.ROUND_HALF_EVEN)
+  product_id = _id(properties.get('product_id'))
+  quantity = properties.get('quantity')
+  if quantity is None:
+    quantity = 1 if product_id is not None else None
+  elif quantity != int(quantity):
+    return Rejection(SCHEMA_VIOLATION, f'properties.quantity must be a whole number: {quantity!r}')
+  currency = properties.get('currency')
+  if currency is None and any(v is not None for v in money.values()):
+    currency = DEFAULT_CURRENCY
+  return {
+      'product_id': product_id,
+      'order_id': _id(properties.get('order_id')),
+      **money,
+      'quantity': None if quantity is None else int(quantity),
+      'currency': currency.upper() if currency else None,
+  }
+
+
+def _id(value: Any) -> str | None:
+  return None if value is None or value == '' else str(value)
 
 
 def hash_email(email: str) -> str:
