@@ -41,6 +41,11 @@ def segment_event_schema() -> dict:
   return json.loads((SCHEMA_DIR / 'segment_event.schema.json').read_text())
 
 
+def segment_event_avro_schema() -> dict:
+  """The Avro shape of Segment events read from `.avro` input files."""
+  return avro_schema('segment_event')
+
+
 @functools.cache
 def segment_event_validator() -> Callable[[Any], Any]:
   """A compiled validator: raises fastjsonschema.JsonSchemaValueException naming the field."""

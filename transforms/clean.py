@@ -13,7 +13,7 @@ STEP = 'ParseEvents'
 
 
 class _ParseEventFn(beam.DoFn):
-  """(source, payload bytes) -> event record, or a dead letter on the `dead_letter` tag."""
+  """(source, payload, attributes) -> event record, or a dead letter on the `dead_letter` tag."""
 
   def __init__(self, max_bytes: int):
     self._max_bytes = max_bytes
@@ -22,7 +22,7 @@ class _ParseEventFn(beam.DoFn):
     self._dead = metrics.counter(metrics.EVENTS_DEAD_LETTERED)
 
   def process(self, element):
-    source, payload = element
+    source, payload, attributes = element
     self._read.inc()
     now = time.time_ns() // 1000
     result = events.parse_event(payload, source, now, self._max_bytes)
@@ -31,7 +31,7 @@ class _ParseEventFn(beam.DoFn):
       metrics.counter(
           metrics.DEAD_LETTER_BY_TYPE.format(failure_type=result.failure_type)).inc()
       yield beam.pvalue.TaggedOutput('dead_letter', dead_letters.dead_letter(
-          result.failure_type, result.message, STEP, payload, source, now))
+          result.failure_type, result.message, STEP, payload, source, now, attributes))
     else:
       self._valid.inc()
       yield result
@@ -40,7 +40,8 @@ class _ParseEventFn(beam.DoFn):
 class ParseEvents(beam.PTransform):
   """Parses, validates and normalises Segment events.
 
-  Input: `(source, payload)` pairs, payload the raw bytes of one JSON event. Output: a tuple with
+  Input: `(source, payload, attributes)` triples: payload the raw bytes of one JSON event,
+  attributes the Pub/Sub message attributes (or None for files). Output: a tuple with
   `events` (event records shaped like `schemas/events.avsc`, JSON columns as Python objects, times
   as epoch microseconds) and `dead_letter` (records shaped like `schemas/dead_letter.avsc`).
   Every input element lands in exactly one of the two.

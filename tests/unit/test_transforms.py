@@ -2,16 +2,18 @@
 import gzip
 
 import apache_beam as beam
+import fastavro
 import orjson
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
+import schemas
 from tests.unit.beam_helpers import batch_pipeline
 from transforms.clean import ParseEvents
 from transforms.dedupe import DedupeEvents
 from transforms.features import BuildProfiles
 from transforms.rules import reference
-from transforms.sources import ReadEventFiles, ReadReference
+from transforms.sources import ReadEventFiles, ReadPubSubEvents, ReadReference
 
 
 def track(message_id, user_id='c1', time='2026-11-02T10:00:00Z', name='Product Viewed', **extra):
@@ -20,25 +22,29 @@ def track(message_id, user_id='c1', time='2026-11-02T10:00:00Z', name='Product V
 
 
 def test_parse_events_splits_valid_events_from_dead_letters():
-  inputs = [('file:a', track('m1')), ('file:a', b'{broken'), ('file:b', track('m2')),
-            ('file:b', orjson.dumps({'type': 'alias', 'messageId': 'x', 'userId': 'u'})),
-            ('file:b', b'\xff\xfe'), ('file:b', track('m3', properties={'price': 'free'}))]
+  inputs = [('file:a', track('m1'), None), ('file:a', b'{broken', None),
+            ('pubsub', track('m2'), {'origin': 'web'}),
+            ('pubsub', orjson.dumps({'type': 'alias', 'messageId': 'x', 'userId': 'u'}),
+             {'origin': 'app'}),
+            ('file:b', b'\xff\xfe', None), ('file:b', track('m3', properties={'price': 'free'}), None)]
   with batch_pipeline() as p:
     out = p | beam.Create(inputs) | ParseEvents()
     assert_that(out.events | beam.Map(lambda e: (e['message_id'], e['source'])),
-                equal_to([('m1', 'file:a'), ('m2', 'file:b')]), label='Valid')
+                equal_to([('m1', 'file:a'), ('m2', 'pubsub')]), label='Valid')
     assert_that(out.dead_letter | beam.Map(
-        lambda d: (d['failure_type'], d['step'], d['source'], d['payload_encoding'])),
-                equal_to([('invalid_json', 'ParseEvents', 'file:a', 'utf-8'),
-                          ('unsupported_type', 'ParseEvents', 'file:b', 'utf-8'),
-                          ('invalid_json', 'ParseEvents', 'file:b', 'base64'),
-                          ('schema_violation', 'ParseEvents', 'file:b', 'utf-8')]),
+        lambda d: (d['failure_type'], d['step'], d['source'], d['payload_encoding'],
+                   d['attributes'])),
+                equal_to([('invalid_json', 'ParseEvents', 'file:a', 'utf-8', None),
+                          ('unsupported_type', 'ParseEvents', 'pubsub', 'utf-8', {'origin': 'app'}),
+                          ('invalid_json', 'ParseEvents', 'file:b', 'base64', None),
+                          ('schema_violation', 'ParseEvents', 'file:b', 'utf-8', None)]),
                 label='DeadLetters')
 
 
 def test_parse_events_honours_the_size_limit():
   with batch_pipeline() as p:
-    out = p | beam.Create([('s', track('m1')), ('s', track('m2', properties={'x': 'y' * 500}))]) \
+    out = p | beam.Create([('s', track('m1'), None),
+                           ('s', track('m2', properties={'x': 'y' * 500}), None)]) \
         | ParseEvents(max_message_bytes=300)
     assert_that(out.events | beam.Map(lambda e: e['message_id']), equal_to(['m1']), label='Ok')
     assert_that(out.dead_letter | beam.Map(lambda d: d['failure_type']),
@@ -81,9 +87,33 @@ def test_read_event_files_tags_sources_reads_gzip_and_skips_blank_lines(tmp_path
   packed.write_bytes(gzip.compress(track('m3') + b'\n\xff bad bytes\n'))
   with batch_pipeline() as p:
     lines = p | ReadEventFiles([str(plain), str(tmp_path / '*.gz')])
-    assert_that(lines, equal_to([(f'file:{plain}', track('m1')), (f'file:{plain}', track('m2')),
-                                 (f'file:{packed}', track('m3')),
-                                 (f'file:{packed}', b'\xff bad bytes')]))
+    assert_that(lines, equal_to([(f'file:{plain}', track('m1'), None),
+                                 (f'file:{plain}', track('m2'), None),
+                                 (f'file:{packed}', track('m3'), None),
+                                 (f'file:{packed}', b'\xff bad bytes', None)]))
+
+
+def test_read_event_files_reads_avro_of_the_same_record_shape(tmp_path):
+  schema = fastavro.parse_schema(schemas.segment_event_avro_schema())
+  records = [
+      {'type': 'track', 'event': 'Product Added', 'messageId': 'av1', 'userId': 'c1',
+       'timestamp': '2026-11-02T10:00:00Z', 'properties': '{"product_id": "p1", "quantity": 2}'},
+      {'type': 'identify', 'messageId': 'av2', 'userId': 'c1',
+       'timestamp': '2026-11-02T10:00:00Z', 'traits': '{"email": "A@b.com"}'},
+      {'type': 'track', 'event': 'Product Added', 'messageId': 'av3', 'userId': 'c1',
+       'timestamp': '2026-11-02T10:00:00Z', 'properties': 'not json'},
+  ]
+  path = tmp_path / 'events.avro'
+  with open(path, 'wb') as out:
+    fastavro.writer(out, schema, records)
+  with batch_pipeline() as p:
+    parsed = p | ReadEventFiles([str(tmp_path / '*.avro')]) | ParseEvents()
+    assert_that(parsed.events | beam.Map(
+        lambda e: (e['message_id'], e['source'], e['quantity'], e['email_sha256'] is not None)),
+                equal_to([('av1', f'file:{path}', 2, False), ('av2', f'file:{path}', None, True)]),
+                label='Events')
+    assert_that(parsed.dead_letter | beam.Map(lambda d: (d['failure_type'], d['error_message'])),
+                equal_to([('schema_violation', 'properties must be object')]), label='Dead')
 
 
 def test_read_reference_parses_rows_and_dead_letters_bad_ones(tmp_path):
@@ -108,3 +138,5 @@ def test_transforms_reject_bad_arguments_at_construction():
     ParseEvents(max_message_bytes=0)
   with pytest.raises(ValueError, match='file pattern'):
     ReadReference('catalog', '', reference.parse_product)
+  with pytest.raises(ValueError, match='full path'):
+    ReadPubSubEvents('events-sub')

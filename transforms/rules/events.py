@@ -150,6 +150,29 @@ def _id(value: Any) -> str | None:
   return None if value is None or value == '' else str(value)
 
 
+_JSON_TEXT_FIELDS = ('properties', 'traits', 'context', 'integrations')
+
+
+def avro_record_to_json(record: dict) -> bytes:
+  """An Avro input record (`schemas/segment_event.avsc`) as the JSON payload `parse_event` takes.
+
+  Nested objects travel as JSON text in Avro; they are decoded here so the record validates like a
+  JSON line. Text that is not JSON is left as a string, so validation rejects it and names the
+  field. Null fields are dropped, as absent keys are in JSON.
+  """
+  payload = {}
+  for name, value in record.items():
+    if value is None:
+      continue
+    if name in _JSON_TEXT_FIELDS and isinstance(value, str):
+      try:
+        value = orjson.loads(value)
+      except orjson.JSONDecodeError:
+        pass
+    payload[name] = value
+  return orjson.dumps(payload)
+
+
 def hash_email(email: str) -> str:
   """Hex SHA-256 of the trimmed, lower-cased address (the join key ESPs and ad platforms use)."""
   return hashlib.sha256(email.strip().lower().encode()).hexdigest()
