@@ -2,7 +2,8 @@
 
 `build_outputs` assembles sources and transforms and returns the PCollections the sinks take;
 `build` adds the sinks. Tests hand `build_outputs` a TestPipeline and assert on what it returns;
-`run` hands `build` a real pipeline.
+`run` hands `build` a real pipeline. The same graph serves batch (files) and streaming (Pub/Sub,
+plus optional files); only the dedupe and the profile fold switch strategy.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 import typing
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import GoogleCloudOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
 from pipeline.options import PersonalizationOptions
 from transforms.clean import ParseEvents
@@ -19,7 +20,8 @@ from transforms.features import BuildProfiles
 from transforms.rules import reference
 from transforms.sinks.bigquery import WriteTable
 from transforms.sinks.firestore import WriteDocuments
-from transforms.sources import ReadEventFiles, ReadReference
+from transforms.sources import ReadEventFiles, ReadPubSubEvents, ReadReference
+from transforms.windows import AssignEventTime, HourlyActivity
 
 _log = logging.getLogger(__name__)
 
@@ -27,19 +29,37 @@ _log = logging.getLogger(__name__)
 class Outputs(typing.NamedTuple):
   events: beam.PCollection        # unique event records (schemas/events.avsc)
   dead_letters: beam.PCollection  # dead-letter records (schemas/dead_letter.avsc)
+  hourly: beam.PCollection        # hourly activity rows (schemas/customer_activity_hourly.avsc)
   documents: beam.PCollection     # (customer_id, serving document)
   customers: beam.PCollection | None  # CRM records (transforms.rules.reference.parse_customer)
   catalog: beam.PCollection | None    # product records (transforms.rules.reference.parse_product)
 
 
-def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
+def _read_events(p: beam.Pipeline, opts: PersonalizationOptions, streaming: bool):
   patterns = opts.event_patterns()
-  if not patterns:
-    raise ValueError('--events is required: comma-separated patterns of NDJSON event files')
-  parsed = (p
-            | 'ReadEvents' >> ReadEventFiles(patterns)
-            | 'ParseEvents' >> ParseEvents(opts.max_message_bytes))
-  events = parsed.events | 'DedupeEvents' >> DedupeEvents()
+  sources = []
+  if streaming:
+    if not opts.subscription:
+      raise ValueError('--subscription is required with --streaming')
+    sources.append(p | 'ReadPubSub' >> ReadPubSubEvents(opts.subscription,
+                                                         opts.pubsub_id_attribute))
+  elif not patterns:
+    raise ValueError('--events is required: comma-separated patterns of event files')
+  if patterns:
+    sources.append(p | 'ReadEvents' >> ReadEventFiles(patterns))
+  if len(sources) == 1:
+    return sources[0]
+  return sources | 'MergeSources' >> beam.Flatten()
+
+
+def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
+  streaming = opts.view_as(StandardOptions).streaming
+  parsed = _read_events(p, opts, streaming) | 'ParseEvents' >> ParseEvents(opts.max_message_bytes)
+  events = parsed.events | 'DedupeEvents' >> DedupeEvents(streaming, opts.dedupe_hours)
+  hourly = (events
+            | 'AssignEventTime' >> AssignEventTime()
+            | 'HourlyActivity' >> HourlyActivity(opts.allowed_lateness_hours))
+  documents = events | 'BuildProfiles' >> BuildProfiles(streaming)
   dead = [parsed.dead_letter]
   customers = catalog = None
   if opts.customers:
@@ -52,9 +72,8 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
                                                   reference.parse_product)
     catalog = products.records
     dead.append(products.dead_letter)
-  documents = events | 'BuildProfiles' >> BuildProfiles()
   dead_letters = dead | 'FlattenDeadLetters' >> beam.Flatten()
-  return Outputs(events, dead_letters, documents, customers, catalog)
+  return Outputs(events, dead_letters, hourly, documents, customers, catalog)
 
 
 class _ReportLostFn(beam.DoFn):
@@ -67,17 +86,15 @@ class _ReportLostFn(beam.DoFn):
 def build(p: beam.Pipeline, opts: PersonalizationOptions, project: str) -> Outputs:
   """The graph with its sinks: BigQuery tables and the Firestore serving layer."""
   out = build_outputs(p, opts)
+  method, temp = opts.bigquery_write_method, opts.view_as(GoogleCloudOptions).temp_location
   rejected_events = out.events | 'WriteEvents' >> WriteTable(
-      'events', project, opts.dataset, opts.bigquery_write_method, _temp(opts))
+      'events', project, opts.dataset, method, temp)
+  rejected_hourly = out.hourly | 'WriteHourlyActivity' >> WriteTable(
+      'customer_activity_hourly', project, opts.dataset, method, temp)
   rejected_documents = out.documents | 'WriteDocuments' >> WriteDocuments(
       project, opts.collection, opts.firestore_database)
-  lost = ((out.dead_letters, rejected_events, rejected_documents)
+  lost = ((out.dead_letters, rejected_events, rejected_hourly, rejected_documents)
           | 'AllDeadLetters' >> beam.Flatten()
-          | 'WriteDeadLetters' >> WriteTable('dead_letter', project, opts.dataset,
-                                             opts.bigquery_write_method, _temp(opts)))
+          | 'WriteDeadLetters' >> WriteTable('dead_letter', project, opts.dataset, method, temp))
   _ = lost | 'ReportLostDeadLetters' >> beam.ParDo(_ReportLostFn())
   return out
-
-
-def _temp(opts: PersonalizationOptions) -> str | None:
-  return opts.view_as(GoogleCloudOptions).temp_location

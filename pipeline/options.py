@@ -4,8 +4,10 @@ Names are a contract: the Makefile, the benchmarks and the flex template's metad
 """
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.dedupe import DEFAULT_DEDUPE_HOURS
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
 from transforms.sinks.bigquery import STREAMING_INSERTS, WRITE_METHODS
+from transforms.windows import DEFAULT_ALLOWED_LATENESS_HOURS
 
 
 class PersonalizationOptions(PipelineOptions):
@@ -14,8 +16,27 @@ class PersonalizationOptions(PipelineOptions):
   def _add_argparse_args(cls, parser):
     parser.add_argument(
         '--events', default=None,
-        help='Comma-separated file patterns of newline-delimited JSON Segment events '
-             '(local paths or gs://; .gz is decompressed), e.g. "data/events-*.ndjson.gz".')
+        help='Comma-separated file patterns of Segment events: newline-delimited JSON (.gz is '
+             'decompressed) or, for patterns ending in .avro, Avro files of '
+             'schemas/segment_event.avsc; local paths or gs://. Required in batch.')
+    parser.add_argument(
+        '--subscription', default=None,
+        help='Streaming (--streaming): Pub/Sub subscription of the events, as a full path '
+             'projects/PROJECT/subscriptions/NAME. --events files, if given, are read too and '
+             'merged with the stream (a backfill or a nightly drop).')
+    parser.add_argument(
+        '--pubsub_id_attribute', default=None,
+        help='Pub/Sub attribute holding a unique message id, for Pub/Sub-level dedupe '
+             '(ReadFromPubSub id_label). Dataflow only: the DirectRunner rejects it. The graph '
+             'dedupes by messageId in any case.')
+    parser.add_argument(
+        '--dedupe_hours', type=float, default=DEFAULT_DEDUPE_HOURS,
+        help='Streaming: how long after an event a copy with the same messageId is still dropped '
+             '(processing time). Batch dedupe is exact over the whole input.')
+    parser.add_argument(
+        '--allowed_lateness_hours', type=float, default=DEFAULT_ALLOWED_LATENESS_HOURS,
+        help='How late (behind the watermark) an event may arrive and still update its hourly '
+             'aggregate. Later events still land in the events table.')
     parser.add_argument(
         '--customers', default=None,
         help='CRM export: CSV with a header (customer_id,email,first_name,last_name,country,'

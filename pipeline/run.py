@@ -1,12 +1,15 @@
-"""Entry point: `python -m pipeline.run --events=... [--customers=...] [--catalog=...]`.
+"""Entry point: `python -m pipeline.run --events=... [--customers=...] [--catalog=...]`, or
+`python -m pipeline.run --streaming --subscription=projects/P/subscriptions/S [--events=...]`.
 
 Sets up logging, parses options, creates the BigQuery tables, builds and runs the graph, and
-prints a summary whose counts must add up (the exit status is 1 when they do not).
+prints a summary. A batch run exits 1 when the counts do not add up. A streaming run goes on until
+it is interrupted (Ctrl-C or SIGTERM), then cancels the pipeline and prints what it counted.
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 
 import apache_beam as beam
@@ -21,6 +24,8 @@ from transforms.sinks import bigquery as bigquery_sink
 
 _log = logging.getLogger('pipeline.run')
 DEFAULT_BATCH_RUNNER = 'FnApiRunner'
+# Streaming and Pub/Sub need the bundle-based DirectRunner locally (the FnApiRunner is batch-only).
+DEFAULT_STREAMING_RUNNER = 'BundleBasedDirectRunner'
 
 
 class UsageError(Exception):
@@ -33,8 +38,8 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
   standard = options.view_as(StandardOptions)
   if not standard.runner:
     # The plain DirectRunner first tries to download the Prism runner; name a runner instead.
-    standard.runner = DEFAULT_BATCH_RUNNER
-    _log.info('no --runner given: using %s', DEFAULT_BATCH_RUNNER)
+    standard.runner = DEFAULT_STREAMING_RUNNER if standard.streaming else DEFAULT_BATCH_RUNNER
+    _log.info('no --runner given: using %s', standard.runner)
   gcp = options.view_as(GoogleCloudOptions)
   if not gcp.project:
     gcp.project = os.environ.get('GOOGLE_CLOUD_PROJECT')
@@ -42,8 +47,19 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
     raise UsageError('--project is required (or set GOOGLE_CLOUD_PROJECT)')
   opts = options.view_as(PersonalizationOptions)
   patterns = opts.event_patterns()
-  if not patterns:
-    raise UsageError('--events is required: comma-separated patterns of NDJSON event files')
+  if standard.streaming:
+    if not opts.subscription:
+      raise UsageError('--subscription is required with --streaming '
+                       '(projects/PROJECT/subscriptions/NAME)')
+    if not opts.subscription.startswith('projects/') or '/subscriptions/' not in opts.subscription:
+      raise UsageError(f'--subscription must be a full path projects/PROJECT/subscriptions/NAME, '
+                       f'got {opts.subscription!r}')
+  elif not patterns:
+    raise UsageError('--events is required: comma-separated patterns of event files')
+  if opts.dedupe_hours <= 0:
+    raise UsageError('--dedupe_hours must be positive')
+  if opts.allowed_lateness_hours < 0:
+    raise UsageError('--allowed_lateness_hours must be zero or more')
   for label, pattern_list in (('--events', patterns), ('--customers', [opts.customers]),
                               ('--catalog', [opts.catalog])):
     for pattern in filter(None, pattern_list):
@@ -56,7 +72,9 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
   return options, gcp.project
 
 
-def run(argv: list[str] | None = None) -> RunSummary:
+def launch(argv: list[str] | None = None):
+  """Resolves options, creates the tables, builds the graph and starts it. Returns
+  (result, options) without waiting, so a caller can stop a streaming run."""
   options, project = resolve_options(argv)
   opts = options.view_as(PersonalizationOptions)
   if not opts.skip_table_setup:
@@ -67,10 +85,27 @@ def run(argv: list[str] | None = None) -> RunSummary:
   p = beam.Pipeline(options=options)
   graph.build(p, opts, project)
   _log.info('running on %s', options.view_as(StandardOptions).runner)
-  result = p.run()
-  result.wait_until_finish()
-  summary = RunSummary.from_result(result)
-  return summary
+  return p.run(), options
+
+
+def run(argv: list[str] | None = None) -> RunSummary:
+  result, options = launch(argv)
+  if not options.view_as(StandardOptions).streaming:
+    result.wait_until_finish()
+    return RunSummary.from_result(result)
+  _log.info('streaming: Ctrl-C (or SIGTERM) stops the pipeline')
+  signal.signal(signal.SIGTERM, _raise_interrupt)
+  try:
+    result.wait_until_finish()
+  except KeyboardInterrupt:
+    _log.info('stopping: cancelling the pipeline (the Pub/Sub reader may take up to 30 s to '
+              'notice; messages already read are acknowledged on the DirectRunner)')
+    result.cancel()
+  return RunSummary.from_result(result)
+
+
+def _raise_interrupt(signum, frame):
+  raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:

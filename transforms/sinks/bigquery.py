@@ -6,6 +6,7 @@ import logging
 import time
 
 import apache_beam as beam
+from apache_beam.transforms import window
 import orjson
 from apache_beam.io.gcp.bigquery import BigQueryDisposition, WriteToBigQuery
 from apache_beam.io.gcp.bigquery_tools import RetryStrategy
@@ -136,4 +137,6 @@ class WriteTable(beam.PTransform):
       return pcoll.pipeline | 'NoRejections' >> beam.Create([])
     return (result.failed_rows_with_errors
             | 'RejectedToDeadLetter' >> beam.ParDo(
-                _RejectedToDeadLetterFn(self._table, f'Write{self._table.title()}')))
+                _RejectedToDeadLetterFn(self._table, f'Write{self._table.title()}'))
+            # Windowed inputs (hourly rows) reject windowed rows; dead letters are unwindowed.
+            | 'RejectedToGlobalWindow' >> beam.WindowInto(window.GlobalWindows()))
