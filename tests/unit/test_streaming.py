@@ -1,0 +1,113 @@
+"""TestStream tests of the streaming behaviour: dedupe across bundles, late and out-of-order
+events, hourly panes, and the per-customer state fold. BundleBasedDirectRunner, as streaming
+needs locally."""
+import datetime as dt
+import decimal
+import time
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.utils.timestamp import Timestamp
+
+import schemas
+from transforms.dedupe import DedupeEvents
+from transforms.features import BuildProfiles
+from transforms.windows import AssignEventTime, HourlyActivity
+
+BASE = dt.datetime(2026, 11, 2, 10, 0, tzinfo=dt.timezone.utc)
+
+
+def streaming_pipeline():
+  options = PipelineOptions(flags=[])
+  options.view_as(StandardOptions).streaming = True
+  return TestPipeline(runner='BundleBasedDirectRunner', options=options)
+
+
+def at(minutes: float) -> int:
+  return schemas.datetime_to_micros(BASE + dt.timedelta(minutes=minutes))
+
+
+def seconds(minutes: float) -> float:
+  return at(minutes) / 1e6
+
+
+def event(message_id, minutes, name='Product Viewed', user='c1', total=None):
+  return {'message_id': message_id, 'type': 'track', 'event': name, 'user_id': user,
+          'anonymous_id': None, 'event_time': at(minutes), 'received_at': None,
+          'source': 'pubsub', 'total': total, 'revenue': None,
+          'currency': 'USD' if total is not None else None}
+
+
+def test_dedupe_drops_copies_across_bundles_and_forgets_after_the_look_back():
+  # The test clock starts at the epoch; the dedupe sets its timers from the wall clock (as Beam's
+  # DeduplicatePerKey does), so first bring the test clock to now.
+  stream = (TestStream()
+            .advance_processing_time(int(time.time()))
+            .add_elements([event('m1', 1), event('m2', 2)])
+            .add_elements([event('m1', 1), event('m3', 3)])   # m1 again, next bundle
+            .advance_processing_time(30 * 60)                   # within the 1 h look-back
+            .add_elements([event('m2', 2)])                     # dropped
+            .advance_processing_time(2 * 3600)                  # look-back over for m1..m3
+            .add_elements([event('m1', 1)])                     # kept again
+            .advance_watermark_to_infinity())
+  with streaming_pipeline() as p:
+    kept = (p | stream | DedupeEvents(streaming=True, dedupe_hours=1)
+            | beam.Map(lambda e: e['message_id']))
+    assert_that(kept, equal_to(['m1', 'm2', 'm3', 'm1']))
+
+
+def _pane_view(row):
+  return (schemas.micros_to_datetime(row['window_start']).hour, row['event_name'],
+          row['event_count'], None if row['revenue'] is None else str(row['revenue']),
+          row['pane_index'], row['pane_timing'])
+
+
+def test_hourly_panes_on_time_then_late_updates_then_dropped_beyond_lateness():
+  stream = (TestStream()
+            .advance_watermark_to(seconds(0))
+            # Out of order within the hour, and one event in the next hour.
+            .add_elements([event('a', 40), event('b', 5), event('c', 65),
+                           event('o1', 30, 'Order Completed', total=10)])
+            .advance_watermark_to(seconds(61))       # 10:00-11:00 is complete: on-time pane
+            .add_elements([event('d', 20)])          # late for 10:00, within lateness
+            .add_elements([event('o2', 50, 'Order Completed', total=2.5)])  # late too
+            .advance_watermark_to(seconds(60 + 120))  # 11:00-12:00 on time; 10:00 now closed
+            .add_elements([event('e', 10)])          # later than 1 h lateness: dropped
+            .advance_watermark_to_infinity())
+  with streaming_pipeline() as p:
+    rows = (p | stream
+            | beam.Map(lambda e: {**e, 'total': None if e['total'] is None else
+                                  decimal.Decimal(str(e['total']))})
+            | AssignEventTime() | HourlyActivity(allowed_lateness_hours=1))
+    assert_that(rows | beam.Map(_pane_view), equal_to([
+        (10, 'Product Viewed', 2, None, 0, 'ON_TIME'),
+        (10, 'Order Completed', 1, '10', 0, 'ON_TIME'),
+        (11, 'Product Viewed', 1, None, 0, 'ON_TIME'),
+        (10, 'Product Viewed', 3, None, 1, 'LATE'),        # accumulating: full total so far
+        (10, 'Order Completed', 2, '12.5', 1, 'LATE'),
+    ]))
+
+
+def test_streaming_fold_emits_an_updated_document_per_event_across_bundles():
+  stream = (TestStream()
+            .add_elements([event('a', 5)])
+            .add_elements([event('b', 1, 'Product Added'), event('x', 2, user='c2')])
+            .add_elements([event('c', 9)])
+            .advance_watermark_to_infinity())
+  with streaming_pipeline() as p:
+    docs = (p | stream | BuildProfiles(streaming=True)
+            | beam.Map(lambda kv: (kv[0], sum(kv[1]['event_counts'].values()),
+                                   kv[1]['last_event_at'].minute)))
+    # Out-of-order events never move last_event_at back (b at 10:01 after a at 10:05).
+    assert_that(docs, equal_to([('c1', 1, 5), ('c1', 2, 5), ('c2', 1, 2), ('c1', 3, 9)]))
+
+
+def test_assign_event_time_uses_the_payload_time():
+  with streaming_pipeline() as p:
+    stamps = (p | TestStream().add_elements([event('a', 7)]).advance_watermark_to_infinity()
+              | AssignEventTime()
+              | beam.Map(lambda e, t=beam.DoFn.TimestampParam: t))
+    assert_that(stamps, equal_to([Timestamp(micros=at(7))]))
