@@ -1,0 +1,88 @@
+"""The streaming pipeline against the emulators: Pub/Sub in, BigQuery and Firestore out, on the
+BundleBasedDirectRunner, stopped cleanly."""
+import threading
+import time
+
+import orjson
+import pytest
+from google.cloud import firestore, pubsub_v1
+
+from pipeline import run
+from scripts import publish
+from transforms.sinks import bigquery_client
+
+PROJECT = 'demo-local'
+
+
+def _event(i, user, minutes_ago=0, **extra):
+  now = time.time() - minutes_ago * 60
+  stamp = time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now)) + '.000Z'
+  return orjson.dumps({'type': 'track', 'event': 'Product Viewed', 'messageId': f'live-{i}',
+                       'userId': user, 'timestamp': stamp,
+                       'properties': {'product_id': f'p{i % 5}', 'price': 9.5}, **extra})
+
+
+def _wait_for(predicate, timeout, what):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    value = predicate()
+    if value:
+      return value
+    time.sleep(1)
+  pytest.fail(f'timed out after {timeout} s waiting for {what}')
+
+
+def _count(bq, table):
+  return list(bq.query(f'SELECT COUNT(*) AS n FROM `{table}`').result())[0]['n']
+
+
+def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_name):
+  topic, subscription = publish.ensure_topic_and_subscription(
+      PROJECT, f'{unique_name}-events', f'{unique_name}-pipeline')
+  result, _ = run.launch([
+      '--streaming', f'--subscription={subscription}', f'--project={PROJECT}',
+      '--runner=BundleBasedDirectRunner', f'--dataset={unique_name}',
+      f'--collection={unique_name}'])
+  try:
+    good = [_event(i, f'c{i % 3}') for i in range(30)]
+    messages = good + good[:5] + [b'{"type": "track", "messageId": "bad-1"', b'not json']
+    publish.publish(iter(messages), topic, rate=200, keep_times=True,
+                    attributes={'origin': 'test'})
+    bq = bigquery_client.cloud_client(PROJECT)
+    events_table = f'{PROJECT}.{unique_name}.events'
+    _wait_for(lambda: _count(bq, events_table) >= 30, 120, '30 events in BigQuery')
+    _wait_for(lambda: _count(bq, f'{PROJECT}.{unique_name}.dead_letter') >= 2, 60,
+              'two dead letters')
+    db = firestore.Client(project=PROJECT)
+
+    def complete_documents():
+      docs = [d.to_dict() for d in db.collection(unique_name).stream()]
+      return docs if sorted(sum(d['event_counts'].values()) for d in docs) == [10, 10, 10] else None
+
+    docs = _wait_for(complete_documents, 60, 'three documents with 10 events each')
+    time.sleep(3)  # give duplicates a chance to (wrongly) arrive
+    ids = [r['message_id'] for r in bq.query(
+        f'SELECT message_id FROM `{events_table}`').result()]
+    assert sorted(ids) == sorted(f'live-{i}' for i in range(30))  # duplicates dropped
+    assert {r['source'] for r in bq.query(f'SELECT source FROM `{events_table}`').result()} == {
+        'pubsub'}
+    dead = [dict(r) for r in bq.query(
+        f'SELECT failure_type, source, attributes FROM `{PROJECT}.{unique_name}.dead_letter`')
+            .result()]
+    assert sorted(d['failure_type'] for d in dead) == ['invalid_json', 'invalid_json']
+    assert all(d['source'] == 'pubsub' and d['attributes'] == {'origin': 'test'} for d in dead)
+    assert len(docs) == 3
+  finally:
+    _stop(result, topic)
+  assert str(result.state).endswith('CANCELLED')
+
+
+def _stop(result, topic):
+  """Cancels the pipeline. The DirectRunner's Pub/Sub reader blocks in a pull for up to 30 s; one
+  more message published after cancelling wakes it (the test has checked its results by then)."""
+  stopper = threading.Thread(target=result.cancel)
+  stopper.start()
+  publisher = pubsub_v1.PublisherClient()
+  while stopper.is_alive():
+    publisher.publish(topic, b'{}').result(timeout=30)
+    stopper.join(timeout=2)
