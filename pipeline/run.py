@@ -101,7 +101,8 @@ def run(argv: list[str] | None = None) -> RunSummary:
     _log.info('stopping: cancelling the pipeline (the Pub/Sub reader may take up to 30 s to '
               'notice; messages already read are acknowledged on the DirectRunner)')
     result.cancel()
-  return RunSummary.from_result(result)
+  runner = options.view_as(StandardOptions).runner or ''
+  return RunSummary.from_result(result, exact='Direct' not in runner)
 
 
 def _raise_interrupt(signum, frame):

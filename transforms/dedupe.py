@@ -119,7 +119,8 @@ class DedupeEvents(beam.PTransform):
     self._ttl_seconds = dedupe_hours * 3600
 
   def expand(self, pcoll):
-    keyed = pcoll | 'KeyByMessageId' >> beam.Map(_key_by_message_id)
+    keyed = pcoll | 'KeyByMessageId' >> beam.Map(_key_by_message_id).with_output_types(
+        tuple[str, dict])
     if self._streaming:
       return keyed | 'FirstSeen' >> beam.ParDo(_FirstSeenFn(self._ttl_seconds))
     return (keyed

@@ -46,7 +46,7 @@ class BuildProfiles(beam.PTransform):
   def expand(self, pcoll):
     keyed = (pcoll
              | 'KeepIdentified' >> beam.Filter(lambda event: bool(event.get('user_id')))
-             | 'KeyByCustomer' >> beam.Map(_key_by_customer))
+             | 'KeyByCustomer' >> beam.Map(_key_by_customer).with_output_types(tuple[str, dict]))
     if self._streaming:
       return keyed | 'FoldInState' >> beam.ParDo(_FoldInStateFn())
     return (keyed

@@ -68,3 +68,24 @@ def test_main_reports_usage_errors_in_one_line(capsys, monkeypatch):
   monkeypatch.delenv('GOOGLE_CLOUD_PROJECT', raising=False)
   assert run_module.main(['--events=/nonexistent/*.ndjson', '--project=demo-local']) == 2
   assert capsys.readouterr().err.strip() == "error: --events: no file matches '/nonexistent/*.ndjson'"
+
+
+def test_inexact_counters_are_reported_but_not_checked():
+  s = RunSummary({'events_read': 1, 'events_unique': 5}, exact=False)
+  assert s.problems() == []
+  text = s.render()
+  assert 'lower bound' in text and 'check:' not in text and 'DOES NOT ADD UP' not in text
+
+
+def test_streaming_needs_a_full_subscription_path(tmp_path, monkeypatch):
+  monkeypatch.setenv('GOOGLE_CLOUD_PROJECT', 'demo-local')
+  with pytest.raises(run_module.UsageError, match='--subscription is required'):
+    run_module.resolve_options(['--streaming'])
+  with pytest.raises(run_module.UsageError, match='full path'):
+    run_module.resolve_options(['--streaming', '--subscription=events'])
+  options, _ = run_module.resolve_options(
+      ['--streaming', '--subscription=projects/demo-local/subscriptions/events'])
+  assert options.view_as(run_module.StandardOptions).runner == 'BundleBasedDirectRunner'
+  with pytest.raises(run_module.UsageError, match='--dedupe_hours'):
+    run_module.resolve_options(['--streaming', '--dedupe_hours=0',
+                                '--subscription=projects/demo-local/subscriptions/events'])
