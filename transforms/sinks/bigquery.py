@@ -137,6 +137,6 @@ class WriteTable(beam.PTransform):
       return pcoll.pipeline | 'NoRejections' >> beam.Create([])
     return (result.failed_rows_with_errors
             | 'RejectedToDeadLetter' >> beam.ParDo(
-                _RejectedToDeadLetterFn(self._table, f'Write{self._table.title()}'))
+                _RejectedToDeadLetterFn(self._table, self.label))
             # Windowed inputs (hourly rows) reject windowed rows; dead letters are unwindowed.
             | 'RejectedToGlobalWindow' >> beam.WindowInto(window.GlobalWindows()))
