@@ -46,7 +46,7 @@ def _read_events(p: beam.Pipeline, opts: PersonalizationOptions, streaming: bool
   elif not patterns:
     raise ValueError('--events is required: comma-separated patterns of event files')
   if patterns:
-    sources.append(p | 'ReadEvents' >> ReadEventFiles(patterns))
+    sources.append(p | 'ReadEvents' >> ReadEventFiles(patterns, streaming))
   if len(sources) == 1:
     return sources[0]
   return sources | 'MergeSources' >> beam.Flatten()

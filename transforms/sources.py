@@ -35,6 +35,24 @@ class _TagLines(beam.DoFn):
       self._blank.inc()
 
 
+class _ReadLinesFn(beam.DoFn):
+  """ReadableFile -> (source, line bytes, None) per non-blank line, streamed from the file."""
+
+  def __init__(self):
+    self._blank = metrics.counter(metrics.BLANK_LINES)
+
+  def process(self, readable_file):
+    source = file_source(readable_file.metadata.path)
+    with readable_file.open() as handle:
+      # Beam's CompressedFile has readline() but is not iterable.
+      for line in iter(handle.readline, b''):
+        line = line.rstrip(b'\r\n')
+        if line.strip():
+          yield source, line, None
+        else:
+          self._blank.inc()
+
+
 def _avro_to_payload(element):
   filename, record = element
   return file_source(filename), events.avro_record_to_json(record), None
@@ -53,18 +71,28 @@ class ReadEventFiles(beam.PTransform):
   Produces `(source, payload, attributes)` triples: `source` is `file:<path>`, `payload` the raw line
   as bytes (not decoded here, so invalid UTF-8 reaches the parser and is dead-lettered with its
   original bytes) or an Avro record re-encoded as JSON, `attributes` None.
+
+  With `streaming=True` (files merged into a Pub/Sub stream) NDJSON files are matched and read
+  line by line in a plain DoFn, one file per element: ReadFromText's splittable reader cannot run
+  in a streaming pipeline on the DirectRunner. In batch, ReadFromText splits large files.
   """
 
-  def __init__(self, patterns: list[str]):
+  def __init__(self, patterns: list[str], streaming: bool = False):
     super().__init__()
     if not patterns:
       raise ValueError('ReadEventFiles needs at least one file pattern')
     self._patterns = list(patterns)
+    self._streaming = streaming
 
   def expand(self, pbegin):
     reads = []
     for i, pattern in enumerate(self._patterns):
-      if is_avro_pattern(pattern):
+      if self._streaming and not is_avro_pattern(pattern):
+        reads.append(pbegin
+                     | f'Match[{i}]' >> fileio.MatchFiles(pattern)
+                     | f'ReadMatches[{i}]' >> fileio.ReadMatches()
+                     | f'ReadLines[{i}]' >> beam.ParDo(_ReadLinesFn()))
+      elif is_avro_pattern(pattern):
         reads.append(pbegin
                      | f'Pattern[{i}]' >> beam.Create([pattern])
                      | f'ReadAvro[{i}]' >> beam.io.ReadAllFromAvro(with_filename=True)

@@ -1,5 +1,6 @@
 """The batch pipeline end to end against the real emulators: files -> BigQuery + Firestore."""
 import collections
+import datetime
 import json
 
 import pytest
@@ -58,8 +59,21 @@ def test_batch_run_writes_events_dead_letters_and_documents(local_stack, unique_
           == manifest['expected_failure_types'])
   assert {d['step'] for d in dead} == {'ParseEvents'}
 
+  # Hourly activity: in batch one on-time pane per key, and the counts add up to the events.
+  hourly = [dict(r) for r in bq.query(
+      f'SELECT * FROM `{PROJECT}.{unique_name}.customer_activity_hourly`').result()]
+  assert {(h['pane_index'], h['pane_timing']) for h in hourly} == {(0, 'ON_TIME')}
+  assert sum(h['event_count'] for h in hourly) == len(rows)  # every event has some id
+  keys = [(h['window_start'], h['customer_id'], h['event_name'], h['currency']) for h in hourly]
+  assert len(keys) == len(set(keys))
+  orders = [r for r in rows if r['event'] == 'Order Completed']
+  assert sum(h['revenue'] or 0 for h in hourly) == sum(
+      (r['total'] if r['total'] is not None else r['revenue'] or 0) for r in orders)
+  assert all(h['window_start'].minute == 0 and h['window_end'] - h['window_start']
+             == datetime.timedelta(hours=1) for h in hourly)
+
   # No raw email anywhere in the warehouse.
-  for row in rows + dead:
+  for row in rows + dead + hourly:
     assert '@' not in json.dumps(row, default=str), row
 
   # One document per identified customer; each agrees with an aggregate computed in SQL-free

@@ -1,5 +1,6 @@
 """The streaming pipeline against the emulators: Pub/Sub in, BigQuery and Firestore out, on the
 BundleBasedDirectRunner, stopped cleanly."""
+import collections
 import threading
 import time
 
@@ -36,13 +37,16 @@ def _count(bq, table):
   return list(bq.query(f'SELECT COUNT(*) AS n FROM `{table}`').result())[0]['n']
 
 
-def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_name):
+def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_name, tmp_path):
   topic, subscription = publish.ensure_topic_and_subscription(
       PROJECT, f'{unique_name}-events', f'{unique_name}-pipeline')
+  # A file read in the same graph (a backfill): one new event, and one copy of a live event.
+  backfill = tmp_path / 'backfill.ndjson'
+  backfill.write_bytes(_event(100, 'c9') + b'\n' + _event(0, 'c0') + b'\n')
   result, _ = run.launch([
       '--streaming', f'--subscription={subscription}', f'--project={PROJECT}',
       '--runner=BundleBasedDirectRunner', f'--dataset={unique_name}',
-      f'--collection={unique_name}'])
+      f'--collection={unique_name}', f'--events={backfill}'])
   try:
     good = [_event(i, f'c{i % 3}') for i in range(30)]
     messages = good + good[:5] + [b'{"type": "track", "messageId": "bad-1"', b'not json']
@@ -50,28 +54,32 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
                     attributes={'origin': 'test'})
     bq = bigquery_client.cloud_client(PROJECT)
     events_table = f'{PROJECT}.{unique_name}.events'
-    _wait_for(lambda: _count(bq, events_table) >= 30, 120, '30 events in BigQuery')
+    _wait_for(lambda: _count(bq, events_table) >= 31, 120, '31 events in BigQuery')
     _wait_for(lambda: _count(bq, f'{PROJECT}.{unique_name}.dead_letter') >= 2, 60,
               'two dead letters')
     db = firestore.Client(project=PROJECT)
 
     def complete_documents():
       docs = [d.to_dict() for d in db.collection(unique_name).stream()]
-      return docs if sorted(sum(d['event_counts'].values()) for d in docs) == [10, 10, 10] else None
+      counts = sorted(sum(d['event_counts'].values()) for d in docs)
+      return docs if counts == [1, 10, 10, 10] else None
 
-    docs = _wait_for(complete_documents, 60, 'three documents with 10 events each')
+    docs = _wait_for(complete_documents, 60, 'four documents with 10, 10, 10 and 1 events')
     time.sleep(3)  # give duplicates a chance to (wrongly) arrive
     ids = [r['message_id'] for r in bq.query(
         f'SELECT message_id FROM `{events_table}`').result()]
-    assert sorted(ids) == sorted(f'live-{i}' for i in range(30))  # duplicates dropped
-    assert {r['source'] for r in bq.query(f'SELECT source FROM `{events_table}`').result()} == {
-        'pubsub'}
+    # Duplicates dropped, across Pub/Sub redeliveries and between the file and the stream.
+    assert sorted(ids) == sorted([f'live-{i}' for i in range(30)] + ['live-100'])
+    sources = collections.Counter(
+        r['source'] for r in bq.query(f'SELECT source FROM `{events_table}`').result())
+    assert sources[f'file:{backfill}'] in (1, 2) and sources['pubsub'] == 31 - sources[
+        f'file:{backfill}']
     dead = [dict(r) for r in bq.query(
         f'SELECT failure_type, source, attributes FROM `{PROJECT}.{unique_name}.dead_letter`')
             .result()]
     assert sorted(d['failure_type'] for d in dead) == ['invalid_json', 'invalid_json']
     assert all(d['source'] == 'pubsub' and d['attributes'] == {'origin': 'test'} for d in dead)
-    assert len(docs) == 3
+    assert len(docs) == 4
   finally:
     _stop(result, topic)
   assert str(result.state).endswith('CANCELLED')

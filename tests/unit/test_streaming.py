@@ -3,9 +3,12 @@ events, hourly panes, and the per-customer state fold. BundleBasedDirectRunner, 
 needs locally."""
 import datetime as dt
 import decimal
+import gzip
 import time
 
 import apache_beam as beam
+import fastavro
+import orjson
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
@@ -15,6 +18,7 @@ from apache_beam.utils.timestamp import Timestamp
 import schemas
 from transforms.dedupe import DedupeEvents
 from transforms.features import BuildProfiles
+from transforms.sources import ReadEventFiles
 from transforms.windows import AssignEventTime, HourlyActivity
 
 BASE = dt.datetime(2026, 11, 2, 10, 0, tzinfo=dt.timezone.utc)
@@ -111,3 +115,17 @@ def test_assign_event_time_uses_the_payload_time():
               | AssignEventTime()
               | beam.Map(lambda e, t=beam.DoFn.TimestampParam: t))
     assert_that(stamps, equal_to([Timestamp(micros=at(7))]))
+
+
+def test_event_files_are_read_in_a_streaming_pipeline_too(tmp_path):
+  lines = tmp_path / 'backfill.ndjson.gz'
+  lines.write_bytes(gzip.compress(b'{"a": 1}\n\n{"b": 2}\n'))
+  avro = tmp_path / 'backfill.avro'
+  with open(avro, 'wb') as out:
+    fastavro.writer(out, fastavro.parse_schema(schemas.segment_event_avro_schema()),
+                    [{'type': 'page', 'messageId': 'm', 'anonymousId': 'a'}])
+  with streaming_pipeline() as p:
+    read = p | ReadEventFiles([str(lines), str(avro)], streaming=True)
+    assert_that(read | beam.Map(lambda t: (t[0], orjson.loads(t[1]))), equal_to([
+        (f'file:{lines}', {'a': 1}), (f'file:{lines}', {'b': 2}),
+        (f'file:{avro}', {'type': 'page', 'messageId': 'm', 'anonymousId': 'a'})]))

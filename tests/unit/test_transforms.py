@@ -1,4 +1,5 @@
 """TestPipeline tests of the composite transforms."""
+import decimal
 import gzip
 
 import apache_beam as beam
@@ -14,6 +15,7 @@ from transforms.dedupe import DedupeEvents
 from transforms.features import BuildProfiles
 from transforms.rules import reference
 from transforms.sources import ReadEventFiles, ReadPubSubEvents, ReadReference
+from transforms.windows import AssignEventTime, HourlyActivity
 
 
 def track(message_id, user_id='c1', time='2026-11-02T10:00:00Z', name='Product Viewed', **extra):
@@ -140,3 +142,29 @@ def test_transforms_reject_bad_arguments_at_construction():
     ReadReference('catalog', '', reference.parse_product)
   with pytest.raises(ValueError, match='full path'):
     ReadPubSubEvents('events-sub')
+
+
+def test_hourly_activity_in_batch_one_on_time_pane_per_key():
+  def ev(mid, minute, name='Product Viewed', user='c1', anon=None, total=None, currency=None):
+    return {'message_id': mid, 'type': 'track', 'event': name, 'user_id': user,
+            'anonymous_id': anon, 'event_time': 1_793_613_600_000_000 + minute * 60_000_000,
+            'total': None if total is None else decimal.Decimal(total), 'revenue': None,
+            'currency': currency}
+
+  events = [ev('a', 5), ev('b', 50), ev('c', 70), ev('d', 10, user=None, anon='anon-1'),
+            ev('e', 20, 'Order Completed', total='10.10', currency='USD'),
+            ev('f', 30, 'Order Completed', total='0.20', currency='USD'),
+            ev('g', 40, 'Order Completed', total='5', currency='EUR'),
+            ev('h', 45, user=None, anon=None)]  # no id at all: not counted
+  with batch_pipeline() as p:
+    rows = p | beam.Create(events) | AssignEventTime() | HourlyActivity()
+    assert_that(rows | beam.Map(lambda r: (
+        r['window_start'] // 3_600_000_000 % 24, r['customer_id'], r['identified'],
+        r['event_name'], r['event_count'], None if r['revenue'] is None else str(r['revenue']),
+        r['currency'], r['pane_index'], r['pane_timing'])), equal_to([
+            (10, 'c1', True, 'Product Viewed', 2, None, None, 0, 'ON_TIME'),
+            (11, 'c1', True, 'Product Viewed', 1, None, None, 0, 'ON_TIME'),
+            (10, 'anon-1', False, 'Product Viewed', 1, None, None, 0, 'ON_TIME'),
+            (10, 'c1', True, 'Order Completed', 2, '10.30', 'USD', 0, 'ON_TIME'),
+            (10, 'c1', True, 'Order Completed', 1, '5', 'EUR', 0, 'ON_TIME'),
+        ]))
