@@ -3,9 +3,9 @@
     python -m bench.throughput [--events 100000] [--repeat 3] [--workdir bench/results]
 
 Both sides read the same generated NDJSON.gz file and do the same work: parse and validate every
-line (transforms.rules.events.parse_event), dead-letter failures, deduplicate by message id, fold a
-profile per customer, and serialise events, dead letters and documents as JSON lines to local
-files. The graph is `pipeline.graph.build_outputs` (the production graph minus its cloud sinks)
+line (transforms.rules.events.parse_event), dead-letter failures, deduplicate by message id, count
+activity per customer, event name and hour, fold a profile per customer, and serialise events,
+dead letters, hourly rows and documents as JSON lines to local files. The graph is `pipeline.graph.build_outputs` (the production graph minus its cloud sinks)
 with file sinks, on the FnApiRunner. The benchmark checks that both sides produce the same events,
 dead letters and documents, then prints events/s (median of --repeat runs) and the ratio.
 """
@@ -30,8 +30,9 @@ from pipeline import graph
 from pipeline.options import PersonalizationOptions
 from scripts import generate_data
 from transforms.dedupe import preference_key
-from transforms.rules import dead_letters, events, profile
+from transforms.rules import activity, dead_letters, events, profile
 from transforms.sources import file_source
+from transforms.windows import HOUR_MICROS
 
 
 def _json_default(value):
@@ -46,6 +47,10 @@ def event_line(event: dict) -> bytes:
 
 def dead_letter_line(record: dict) -> bytes:
   return orjson.dumps(schemas.to_bigquery_row('dead_letter', record))
+
+
+def hourly_line(row: dict) -> bytes:
+  return orjson.dumps(schemas.to_bigquery_row('customer_activity_hourly', row))
 
 
 def document_line(pair) -> bytes:
@@ -88,16 +93,29 @@ def reference_loop(path: pathlib.Path, out: pathlib.Path) -> dict:
       if previous is None or preference_key(result) < preference_key(previous):
         kept[result['message_id']] = result
   by_customer: dict[str, list] = {}
+  hourly: dict[tuple, tuple] = {}
   for event in kept.values():
     if event.get('user_id'):
       by_customer.setdefault(event['user_id'], []).append(event)
+    key = activity.activity_key(event)
+    if key is not None:
+      hour = event['event_time'] - event['event_time'] % HOUR_MICROS
+      hourly[(hour, key)] = activity.add(hourly.get((hour, key), (0, None)),
+                                         (1, activity.revenue(event)))
+  emitted = time.time_ns() // 1000
+  hourly_rows = [{'window_start': hour, 'window_end': hour + HOUR_MICROS, 'customer_id': key[0],
+                  'identified': key[1], 'event_name': key[2], 'event_count': count,
+                  'revenue': revenue, 'currency': key[3] if revenue is not None else None,
+                  'pane_index': 0, 'pane_timing': 'ON_TIME', 'emitted_at': emitted}
+                 for (hour, key), (count, revenue) in hourly.items()]
   documents = [(cid, profile.render(profile.fold(cid, evs))) for cid, evs in by_customer.items()]
   out.mkdir(parents=True, exist_ok=True)
   (out / 'events.jsonl').write_bytes(b'\n'.join(event_line(e) for e in kept.values()))
   (out / 'dead_letter.jsonl').write_bytes(b'\n'.join(dead_letter_line(d) for d in dead))
+  (out / 'hourly.jsonl').write_bytes(b'\n'.join(hourly_line(h) for h in hourly_rows))
   (out / 'documents.jsonl').write_bytes(b'\n'.join(document_line(d) for d in documents))
   return {'read': read, 'events': len(kept), 'dead_letters': len(dead),
-          'documents': len(documents)}
+          'documents': len(documents), 'hourly': len(hourly_rows)}
 
 
 def run_graph(path: pathlib.Path, out: pathlib.Path) -> None:
@@ -109,6 +127,7 @@ def run_graph(path: pathlib.Path, out: pathlib.Path) -> None:
     outputs = graph.build_outputs(p, opts)
     for name, pcoll, to_line in (('events', outputs.events, event_line),
                                  ('dead_letter', outputs.dead_letters, dead_letter_line),
+                                 ('hourly', outputs.hourly, hourly_line),
                                  ('documents', outputs.documents, document_line)):
       _ = (pcoll
            | f'Serialise[{name}]' >> beam.Map(to_line)
@@ -128,7 +147,10 @@ def outputs_fingerprint(out: pathlib.Path) -> dict:
   evs = _load(out, 'events')
   dls = _load(out, 'dead_letter')
   docs = _load(out, 'documents')
+  hourly = _load(out, 'hourly')
   return {
+      'hourly': sorted(orjson.dumps({k: v for k, v in h.items() if k != 'emitted_at'},
+                                    option=orjson.OPT_SORT_KEYS) for h in hourly),
       'events': sorted(orjson.dumps({k: v for k, v in e.items() if k != 'ingested_at'},
                                     option=orjson.OPT_SORT_KEYS) for e in evs),
       'dead_letters': sorted((d['failure_type'], d['payload']) for d in dls),
@@ -164,7 +186,7 @@ def main(argv=None) -> int:
 
   expected = {'read': lines, 'events': manifest['valid_unique'],
               'dead_letters': manifest['malformed'] + manifest['invalid'],
-              'documents': manifest['user_ids']}
+              'documents': manifest['user_ids'], 'hourly': counts['hourly']}
   if counts != expected:
     print(f'FAIL: the loop produced {counts}, the manifest says {expected}', file=sys.stderr)
     return 1
@@ -186,7 +208,7 @@ def main(argv=None) -> int:
   print(f'{lines:,} events, median of {args.repeat}: plain loop {loop_rate:,.0f} events/s, '
         f'graph {graph_rate:,.0f} events/s, ratio {graph_rate / loop_rate:.3f} '
         f'(outputs identical: {counts["events"]:,} events, {counts["dead_letters"]:,} dead '
-        f'letters, {counts["documents"]:,} documents)')
+        f'letters, {counts["hourly"]:,} hourly rows, {counts["documents"]:,} documents)')
   return 0
 
 

@@ -58,7 +58,7 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
   events = parsed.events | 'DedupeEvents' >> DedupeEvents(streaming, opts.dedupe_hours)
   hourly = (events
             | 'AssignEventTime' >> AssignEventTime()
-            | 'HourlyActivity' >> HourlyActivity(opts.allowed_lateness_hours))
+            | 'HourlyActivity' >> HourlyActivity(opts.allowed_lateness_hours, streaming))
   documents = events | 'BuildProfiles' >> BuildProfiles(streaming)
   dead = [parsed.dead_letter]
   customers = catalog = None

@@ -144,7 +144,8 @@ def test_transforms_reject_bad_arguments_at_construction():
     ReadPubSubEvents('events-sub')
 
 
-def test_hourly_activity_in_batch_one_on_time_pane_per_key():
+@pytest.mark.parametrize('streaming', [False, True], ids=['batch-fast-path', 'windowed'])
+def test_hourly_activity_in_batch_one_on_time_pane_per_key(streaming):
   def ev(mid, minute, name='Product Viewed', user='c1', anon=None, total=None, currency=None):
     return {'message_id': mid, 'type': 'track', 'event': name, 'user_id': user,
             'anonymous_id': anon, 'event_time': 1_793_613_600_000_000 + minute * 60_000_000,
@@ -157,7 +158,7 @@ def test_hourly_activity_in_batch_one_on_time_pane_per_key():
             ev('g', 40, 'Order Completed', total='5', currency='EUR'),
             ev('h', 45, user=None, anon=None)]  # no id at all: not counted
   with batch_pipeline() as p:
-    rows = p | beam.Create(events) | AssignEventTime() | HourlyActivity()
+    rows = p | beam.Create(events) | AssignEventTime() | HourlyActivity(streaming=streaming)
     assert_that(rows | beam.Map(lambda r: (
         r['window_start'] // 3_600_000_000 % 24, r['customer_id'], r['identified'],
         r['event_name'], r['event_count'], None if r['revenue'] is None else str(r['revenue']),
