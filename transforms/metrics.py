@@ -29,4 +29,6 @@ DEAD_LETTER_BY_TYPE = 'dead_letter_{failure_type}'
 ROWS_SENT = 'rows_sent_{table}'
 ROWS_REJECTED = 'rows_rejected_{table}'
 DOCUMENTS_WRITTEN = 'documents_written'
+# Versions of a document replaced by a newer one in the same commit (streaming).
+DOCUMENTS_SUPERSEDED = 'documents_superseded'
 FIRESTORE_COMMITS = 'firestore_commits'

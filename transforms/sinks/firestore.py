@@ -62,6 +62,7 @@ class _CommitBatchFn(beam.DoFn):
     self._client = None
     self._written = metrics.counter(metrics.DOCUMENTS_WRITTEN)
     self._commits = metrics.counter(metrics.FIRESTORE_COMMITS)
+    self._superseded = metrics.counter(metrics.DOCUMENTS_SUPERSEDED)
 
   def setup(self):
     from google.cloud import firestore  # honours FIRESTORE_EMULATOR_HOST
@@ -69,14 +70,20 @@ class _CommitBatchFn(beam.DoFn):
     self._server_time = firestore.SERVER_TIMESTAMP
 
   def process(self, batch):
+    # A streaming fold emits a document per event, so one batch can hold several versions of a
+    # document, in the order they were made: only the last is written (one write per document
+    # per commit, and no point writing a version that is already stale).
+    latest = dict(batch)
     collection = self._client.collection(self._collection)
     writes = self._client.batch()
-    for doc_id, document in batch:
+    for doc_id, document in latest.items():
       writes.set(collection.document(doc_id), {**document, 'updated_at': self._server_time})
     writes.commit(retry=_COMMIT_RETRY, timeout=60.0)
     self._commits.inc()
-    self._written.inc(len(batch))
-    yield len(batch)
+    self._written.inc(len(latest))
+    if len(batch) > len(latest):
+      self._superseded.inc(len(batch) - len(latest))
+    yield len(latest)
 
   def teardown(self):
     if self._client is not None:
