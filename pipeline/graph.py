@@ -17,9 +17,10 @@ from pipeline.options import PersonalizationOptions
 from transforms.clean import ParseEvents
 from transforms.dedupe import DedupeEvents
 from transforms.features import BuildProfiles
-from transforms.rules import reference
+from transforms.rules import reference, serving
 from transforms.sinks.bigquery import WriteTable
 from transforms.sinks.firestore import WriteDocuments
+from transforms.sinks.pubsub import PublishRecords
 from transforms.sources import ReadEventFiles, ReadPubSubEvents, ReadReference
 from transforms.windows import AssignEventTime, HourlyActivity
 
@@ -30,7 +31,8 @@ class Outputs(typing.NamedTuple):
   events: beam.PCollection        # unique event records (schemas/events.avsc)
   dead_letters: beam.PCollection  # dead-letter records (schemas/dead_letter.avsc)
   hourly: beam.PCollection        # hourly activity rows (schemas/customer_activity_hourly.avsc)
-  documents: beam.PCollection     # (customer_id, serving document)
+  documents: beam.PCollection     # (customer_id, serving document, or None: delete it)
+  triggers: beam.PCollection      # cart-abandonment records (schemas/cart_triggers.avsc)
   customers: beam.PCollection | None  # CRM records (transforms.rules.reference.parse_customer)
   catalog: beam.PCollection | None    # product records (transforms.rules.reference.parse_product)
 
@@ -59,7 +61,6 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
   hourly = (events
             | 'AssignEventTime' >> AssignEventTime()
             | 'HourlyActivity' >> HourlyActivity(opts.allowed_lateness_hours, streaming))
-  documents = events | 'BuildProfiles' >> BuildProfiles(streaming)
   dead = [parsed.dead_letter]
   customers = catalog = None
   if opts.customers:
@@ -72,8 +73,11 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
                                                   reference.parse_product)
     catalog = products.records
     dead.append(products.dead_letter)
+  profiles = events | 'BuildProfiles' >> BuildProfiles(
+      streaming, opts.profile_settings(), customers, catalog, opts.as_of_micros())
   dead_letters = dead | 'FlattenDeadLetters' >> beam.Flatten()
-  return Outputs(events, dead_letters, hourly, documents, customers, catalog)
+  return Outputs(events, dead_letters, hourly, profiles.documents, profiles.triggers, customers,
+                 catalog)
 
 
 class _ReportLostFn(beam.DoFn):
@@ -91,9 +95,18 @@ def build(p: beam.Pipeline, opts: PersonalizationOptions, project: str) -> Outpu
       'events', project, opts.dataset, method, temp)
   rejected_hourly = out.hourly | 'WriteHourlyActivity' >> WriteTable(
       'customer_activity_hourly', project, opts.dataset, method, temp)
-  rejected_documents = out.documents | 'WriteDocuments' >> WriteDocuments(
+  documents = out.documents | 'WriteDocuments' >> WriteDocuments(
       project, opts.collection, opts.firestore_database)
-  lost = ((out.dead_letters, rejected_events, rejected_hourly, rejected_documents)
+  rejected_profiles = (documents.written
+                       | 'ProfileRows' >> beam.MapTuple(serving.profile_row)
+                       | 'WriteProfiles' >> WriteTable('customer_profiles', project, opts.dataset,
+                                                       method, temp))
+  rejected_triggers = out.triggers | 'WriteTriggers' >> WriteTable(
+      'cart_triggers', project, opts.dataset, method, temp)
+  if opts.triggers_topic:
+    _ = out.triggers | 'PublishTriggers' >> PublishRecords(opts.triggers_topic, 'cart_triggers')
+  lost = ((out.dead_letters, rejected_events, rejected_hourly, documents.dead_letter,
+           rejected_profiles, rejected_triggers)
           | 'AllDeadLetters' >> beam.Flatten()
           | 'WriteDeadLetters' >> WriteTable('dead_letter', project, opts.dataset, method, temp))
   _ = lost | 'ReportLostDeadLetters' >> beam.ParDo(_ReportLostFn())

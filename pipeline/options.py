@@ -2,9 +2,13 @@
 
 Names are a contract: the Makefile, the benchmarks and the flex template's metadata.json use them.
 """
+import decimal
+
 from apache_beam.options.pipeline_options import PipelineOptions
 
+import schemas
 from transforms.dedupe import DEFAULT_DEDUPE_HOURS
+from transforms.rules import events, profile
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
 from transforms.sinks.bigquery import STREAMING_INSERTS, WRITE_METHODS
 from transforms.windows import DEFAULT_ALLOWED_LATENESS_HOURS
@@ -46,6 +50,23 @@ class PersonalizationOptions(PipelineOptions):
         help='Product catalog: CSV with a header (product_id,sku,name,category,brand,price,'
              'currency,in_stock,url,image_url) or NDJSON with the same fields.')
     parser.add_argument(
+        '--as_of', default=None,
+        help='Batch: the reference time of the documents (ISO-8601, e.g. 2026-11-15T00:00:00Z): '
+             'cart abandonment and at-risk are judged at this time. Default: the newest event '
+             'time in the input. Streaming uses processing time.')
+    parser.add_argument(
+        '--cart_abandon_minutes', type=float, default=60,
+        help='A cart with items whose last change is older than this (at the reference time) is '
+             'abandoned and triggers a cart_abandoned record.')
+    parser.add_argument(
+        '--vip_lifetime_value', type=float, default=500,
+        help='Lifetime order value from which a customer is in the vip segment (5 or more '
+             'orders also make a vip).')
+    parser.add_argument(
+        '--triggers_topic', default=None,
+        help='Pub/Sub topic (projects/PROJECT/topics/NAME) that receives cart-abandonment '
+             'triggers as JSON; they always go to the cart_triggers table too.')
+    parser.add_argument(
         '--dataset', default='personalization',
         help='BigQuery dataset of the events, dead_letter and aggregate tables.')
     parser.add_argument(
@@ -71,3 +92,16 @@ class PersonalizationOptions(PipelineOptions):
 
   def event_patterns(self) -> list[str]:
     return [p.strip() for p in (self.events or '').split(',') if p.strip()]
+
+  def profile_settings(self) -> profile.Settings:
+    return profile.Settings(cart_abandon_minutes=self.cart_abandon_minutes,
+                            vip_lifetime_value=decimal.Decimal(str(self.vip_lifetime_value)))
+
+  def as_of_micros(self) -> int | None:
+    """--as_of in epoch microseconds; ValueError when it is not ISO-8601."""
+    if not self.as_of:
+      return None
+    parsed = events.parse_time(self.as_of)
+    if parsed is None:
+      raise ValueError(f'--as_of is not an ISO-8601 time: {self.as_of!r}')
+    return schemas.datetime_to_micros(parsed)

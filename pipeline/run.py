@@ -65,6 +65,16 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
     for pattern in filter(None, pattern_list):
       if not FileSystems.match([pattern])[0].metadata_list:
         raise UsageError(f'{label}: no file matches {pattern!r}')
+  try:
+    opts.as_of_micros()
+  except ValueError as err:
+    raise UsageError(str(err)) from err
+  if opts.cart_abandon_minutes <= 0:
+    raise UsageError('--cart_abandon_minutes must be positive')
+  if opts.triggers_topic and (not opts.triggers_topic.startswith('projects/')
+                              or '/topics/' not in opts.triggers_topic):
+    raise UsageError(f'--triggers_topic must be a full path projects/PROJECT/topics/NAME, '
+                     f'got {opts.triggers_topic!r}')
   if opts.max_message_bytes <= 0:
     raise UsageError('--max_message_bytes must be positive')
   if opts.bigquery_write_method == bigquery_sink.FILE_LOADS and not gcp.temp_location:

@@ -1,54 +1,206 @@
-"""Per-customer features: the profile fold applied to each customer's events."""
+"""Per-customer features: identity stitching, product popularity, and the profile fold rendered
+into serving documents with the CRM and catalog as side inputs."""
 from __future__ import annotations
+
+import time
+import typing
 
 import apache_beam as beam
 from apache_beam import coders
+from apache_beam.pvalue import AsDict, AsSingleton
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
-from transforms.rules import profile
+from transforms import metrics
+from transforms.rules import identity, profile, serving
+
+
+class ProfileOutputs(typing.NamedTuple):
+  documents: beam.PCollection  # (customer_id, document or None)
+  triggers: beam.PCollection   # cart trigger records (schemas/cart_triggers.avsc)
 
 
 def _key_by_customer(event):
   return event['user_id'], event
 
 
-def _fold_group(element):
-  customer_id, events = element
-  return customer_id, profile.render(profile.fold(customer_id, events))
+def _links(event):
+  found = identity.link(event)
+  if found is not None:
+    yield found
+
+
+class _AttributeFn(beam.DoFn):
+  """event -> (customer_id, event) when it belongs to a customer; counts the rest."""
+
+  def __init__(self):
+    self._stitched = metrics.counter(metrics.EVENTS_STITCHED)
+    self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
+
+  def process(self, event, links):
+    customer = identity.customer_of(event, links)
+    if customer is None:
+      self._unlinked.inc()
+      return
+    if not event.get('user_id'):
+      self._stitched.inc()
+    yield customer, event
+
+
+class StitchIdentities(beam.PTransform):
+  """Attributes events to customers.
+
+  Input: deduplicated event records (global window). Output: `(customer_id, event)` pairs: events
+  with a `user_id` under it, anonymous events under the userId their anonymousId is linked to by
+  any event in the input (earliest link wins). Anonymous events never linked produce nothing here
+  (they are in the warehouse already) and are counted (`events_anonymous_unlinked`).
+
+  Batch only: the links come from the whole bounded input. The streaming graph keys events by
+  userId (stitching with a replay buffer is not built yet).
+  """
+
+  def expand(self, events):
+    links = (events
+             | 'Links' >> beam.FlatMap(_links).with_output_types(tuple[str, tuple[int, str]])
+             | 'EarliestLink' >> beam.CombinePerKey(identity.earliest)
+             | 'LinkedUser' >> beam.MapTuple(lambda anonymous_id, won: (anonymous_id, won[1])))
+    return events | 'Attribute' >> beam.ParDo(_AttributeFn(), links=AsDict(links))
+
+
+def _identity_products(element):
+  customer_id, event = element
+  for product_id in profile.interacted_products(event):
+    yield product_id, customer_id
+
+
+class ProductPopularity(beam.PTransform):
+  """Input: `(customer_id, event)` pairs. Output: `(product_id, distinct customers who viewed,
+  added or bought it)`, over the whole bounded input."""
+
+  def expand(self, keyed):
+    return (keyed
+            | 'ProductCustomer' >> beam.FlatMap(_identity_products)
+            | 'DistinctPairs' >> beam.Distinct()
+            | 'CountCustomers' >> beam.combiners.Count.PerKey())
+
+
+def _max_time(values):
+  return max(values, default=0)
+
+
+class ReferenceTime(beam.PTransform):
+  """The batch reference time (epoch micros): `as_of` when given, else the newest event time."""
+
+  def __init__(self, as_of_micros: int | None = None):
+    super().__init__()
+    self._as_of = as_of_micros
+
+  def expand(self, events):
+    if self._as_of is not None:
+      return events.pipeline | 'AsOf' >> beam.Create([self._as_of])
+    return (events
+            | 'EventTimes' >> beam.Map(lambda e: e['event_time'])
+            | 'Newest' >> beam.CombineGlobally(_max_time))
+
+
+def _recommender(_, catalog, popularity):
+  return profile.Recommender(catalog, popularity)
+
+
+class _FoldRenderFn(beam.DoFn):
+  """(customer_id, events) -> (customer_id, document or None), plus cart triggers (tagged)."""
+
+  def __init__(self, settings: profile.Settings):
+    self._settings = settings
+    self._suppressed = metrics.counter(metrics.DOCUMENTS_SUPPRESSED)
+    self._unknown_products = metrics.counter(metrics.PRODUCTS_NOT_IN_CATALOG)
+
+  def process(self, element, customers, catalog, recommender, reference_time):
+    customer_id, events = element
+    events = list(events)
+    for event in events:
+      if event.get('product_id') is not None and event['product_id'] not in catalog:
+        self._unknown_products.inc()
+    state = profile.fold(customer_id, events)
+    document = profile.render(state, reference_time, customers.get(customer_id), catalog,
+                              recommender, self._settings)
+    if document is None:
+      self._suppressed.inc()
+    else:
+      trigger = serving.cart_trigger(document, reference_time)
+      if trigger is not None:
+        yield beam.pvalue.TaggedOutput('triggers', trigger)
+    yield customer_id, document
 
 
 class _FoldInStateFn(beam.DoFn):
   """Streaming: the profile state lives in per-customer state; each event is folded in as it
-  comes and the new document is emitted. Same rules as the batch fold (transforms.rules.profile)."""
+  comes and the document re-rendered at processing time. Same rules as the batch fold."""
   PROFILE = ReadModifyWriteStateSpec('profile', coders.PickleCoder())
+
+  def __init__(self, settings: profile.Settings):
+    self._settings = settings
 
   def process(self, element, stored=beam.DoFn.StateParam(PROFILE)):
     customer_id, event = element
     state = stored.read() or profile.new_state(customer_id)
     profile.apply(state, event)
     stored.write(state)
-    yield customer_id, profile.render(state)
+    yield customer_id, profile.render(state, time.time_ns() // 1000, settings=self._settings)
 
 
 class BuildProfiles(beam.PTransform):
-  """Folds each identified customer's events into a serving document.
+  """Folds each customer's events into a serving document.
 
-  Input: deduplicated event records in the global window. Events without a `user_id` are
-  anonymous and produce no document. Output: `(customer_id, document)` pairs, the document as
-  `transforms.rules.profile.render` returns it. Batch groups each customer's events and folds them
-  once; streaming keeps the fold's state per customer and emits an updated document per event.
+  Input: deduplicated event records (global window). Side data: `customers` (CRM records),
+  `catalog` (product records), either may be None. Output: a tuple with `documents` —
+  `(customer_id, document)` pairs, the document None when consent forbids one (the writer deletes
+  it) — and `triggers` (cart-abandonment records).
+
+  Batch: events are stitched to customers, grouped and folded once; the reference time is
+  `as_of` or the newest event time; popularity counts distinct customers over the whole input.
+  Streaming: per-customer state, keyed by userId, rendered on each event at processing time,
+  without the CRM, catalog and popularity side inputs yet.
   """
 
-  def __init__(self, streaming: bool = False):
+  def __init__(self, streaming: bool = False, settings: profile.Settings = profile.Settings(),
+               customers=None, catalog=None, as_of_micros: int | None = None):
     super().__init__()
     self._streaming = streaming
+    self._settings = settings
+    self._customers = customers
+    self._catalog = catalog
+    self._as_of = as_of_micros
 
-  def expand(self, pcoll):
-    keyed = (pcoll
-             | 'KeepIdentified' >> beam.Filter(lambda event: bool(event.get('user_id')))
-             | 'KeyByCustomer' >> beam.Map(_key_by_customer).with_output_types(tuple[str, dict]))
+  def expand(self, events):
     if self._streaming:
-      return keyed | 'FoldInState' >> beam.ParDo(_FoldInStateFn())
-    return (keyed
-            | 'GroupByCustomer' >> beam.GroupByKey()
-            | 'FoldProfile' >> beam.Map(_fold_group))
+      documents = (events
+                   | 'KeepIdentified' >> beam.Filter(lambda event: bool(event.get('user_id')))
+                   | 'KeyByCustomer' >> beam.Map(_key_by_customer).with_output_types(
+                       tuple[str, dict])
+                   | 'FoldInState' >> beam.ParDo(_FoldInStateFn(self._settings)))
+      triggers = events.pipeline | 'NoTriggersYet' >> beam.Create([])
+      return ProfileOutputs(documents, triggers)
+    pipeline = events.pipeline
+    customers = self._customers if self._customers is not None else (
+        pipeline | 'NoCustomers' >> beam.Create([]))
+    catalog = self._catalog if self._catalog is not None else (
+        pipeline | 'NoCatalog' >> beam.Create([]))
+    keyed = events | 'StitchIdentities' >> StitchIdentities()
+    popularity = keyed | 'ProductPopularity' >> ProductPopularity()
+    catalog_by_id = catalog | 'CatalogById' >> beam.Map(lambda p: (p['product_id'], p))
+    recommender = (pipeline
+                   | 'RecommenderSeed' >> beam.Create([None])
+                   | 'BuildRecommender' >> beam.Map(_recommender,
+                                                    catalog=AsDict(catalog_by_id),
+                                                    popularity=AsDict(popularity)))
+    reference = events | 'ReferenceTime' >> ReferenceTime(self._as_of)
+    out = (keyed
+           | 'GroupByCustomer' >> beam.GroupByKey()
+           | 'FoldAndRender' >> beam.ParDo(
+               _FoldRenderFn(self._settings),
+               customers=AsDict(customers | 'CustomersById' >> beam.Map(
+                   lambda c: (c['customer_id'], c))),
+               catalog=AsDict(catalog_by_id),
+               recommender=AsSingleton(recommender),
+               reference_time=AsSingleton(reference)).with_outputs('triggers', main='documents'))
+    return ProfileOutputs(out.documents, out.triggers)

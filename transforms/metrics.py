@@ -29,6 +29,16 @@ DEAD_LETTER_BY_TYPE = 'dead_letter_{failure_type}'
 ROWS_SENT = 'rows_sent_{table}'
 ROWS_REJECTED = 'rows_rejected_{table}'
 DOCUMENTS_WRITTEN = 'documents_written'
+DOCUMENTS_DELETED = 'documents_deleted'
+# A write skipped because Firestore already holds a newer document (replay or retry).
+DOCUMENTS_STALE_SKIPPED = 'documents_stale_skipped'
+# Customers with no document because consent forbids one.
+DOCUMENTS_SUPPRESSED = 'documents_suppressed'
+EVENTS_STITCHED = 'events_stitched'
+EVENTS_ANONYMOUS_UNLINKED = 'events_anonymous_unlinked'
+PRODUCTS_NOT_IN_CATALOG = 'events_product_not_in_catalog'
+TRIGGERS = 'cart_triggers'
+TRIGGERS_PUBLISHED = 'cart_triggers_published'
 # Versions of a document replaced by a newer one in the same commit (streaming).
 DOCUMENTS_SUPERSEDED = 'documents_superseded'
 FIRESTORE_COMMITS = 'firestore_commits'

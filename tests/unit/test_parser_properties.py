@@ -27,8 +27,9 @@ times = st.one_of(st.datetimes(min_value=dt.datetime(1971, 1, 1), max_value=dt.d
 
 # Events that are close to valid, so the deeper rules (times, money, ids) are exercised too.
 near_events = st.fixed_dictionaries(
-    {'type': st.sampled_from(['track', 'identify', 'page', 'screen', '', None]),
-     'messageId': st.one_of(st.text(max_size=8), st.integers(), st.none())},
+    {'type': st.sampled_from(['track', 'identify', 'page'] * 3 + ['screen', '', None]),
+     'messageId': st.one_of(st.text(min_size=1, max_size=8), st.text(max_size=8), st.integers(),
+                            st.none())},
     optional={
         'userId': st.one_of(st.text(max_size=8), st.none(), st.integers()),
         'anonymousId': st.one_of(st.text(max_size=8), st.none()),
@@ -91,5 +92,5 @@ def test_the_near_valid_strategy_reaches_valid_events_too():
   # Otherwise the property above would only ever exercise rejections.
   found = find(near_events, lambda v: isinstance(
       events.parse_event(json.dumps(v).encode(), 's', 1), dict),
-               settings=settings(max_examples=2000, database=None))
+               settings=settings(max_examples=2000, database=None, derandomize=True))
   assert found['type'] in ('track', 'identify', 'page')

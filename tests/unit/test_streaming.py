@@ -41,8 +41,9 @@ def seconds(minutes: float) -> float:
 def event(message_id, minutes, name='Product Viewed', user='c1', total=None):
   return {'message_id': message_id, 'type': 'track', 'event': name, 'user_id': user,
           'anonymous_id': None, 'event_time': at(minutes), 'received_at': None,
-          'source': 'pubsub', 'total': total, 'revenue': None,
-          'currency': 'USD' if total is not None else None}
+          'source': 'pubsub', 'total': total, 'revenue': None, 'price': None, 'quantity': 1,
+          'product_id': f'p{message_id}', 'order_id': None, 'email_sha256': None,
+          'properties': {}, 'currency': 'USD' if total is not None else None}
 
 
 def test_dedupe_drops_copies_across_bundles_and_forgets_after_the_look_back():
@@ -102,11 +103,12 @@ def test_streaming_fold_emits_an_updated_document_per_event_across_bundles():
             .add_elements([event('c', 9)])
             .advance_watermark_to_infinity())
   with streaming_pipeline() as p:
-    docs = (p | stream | BuildProfiles(streaming=True)
-            | beam.Map(lambda kv: (kv[0], sum(kv[1]['event_counts'].values()),
-                                   kv[1]['last_event_at'].minute)))
+    docs = ((p | stream | BuildProfiles(streaming=True)).documents
+            | beam.Map(lambda kv: (kv[0], [v['product_id'] for v in kv[1]['recently_viewed']],
+                                   kv[1]['cart']['item_count'], kv[1]['last_event_at'].minute)))
     # Out-of-order events never move last_event_at back (b at 10:01 after a at 10:05).
-    assert_that(docs, equal_to([('c1', 1, 5), ('c1', 2, 5), ('c2', 1, 2), ('c1', 3, 9)]))
+    assert_that(docs, equal_to([('c1', ['pa'], 0, 5), ('c1', ['pa'], 1, 5), ('c2', ['px'], 0, 2),
+                                ('c1', ['pc', 'pa'], 1, 9)]))
 
 
 def test_assign_event_time_uses_the_payload_time():

@@ -1,4 +1,5 @@
 """TestPipeline tests of the composite transforms."""
+import datetime
 import decimal
 import gzip
 
@@ -13,6 +14,7 @@ from tests.unit.beam_helpers import batch_pipeline
 from transforms.clean import ParseEvents
 from transforms.dedupe import DedupeEvents
 from transforms.features import BuildProfiles
+from transforms.rules import events as events_rules
 from transforms.rules import reference
 from transforms.sources import ReadEventFiles, ReadPubSubEvents, ReadReference
 from transforms.windows import AssignEventTime, HourlyActivity
@@ -65,21 +67,63 @@ def test_dedupe_keeps_one_event_per_message_id_preferring_the_earliest_received(
     assert_that(kept | beam.Map(lambda e: e['n']), equal_to([2, 4]))
 
 
-def test_build_profiles_one_document_per_identified_customer():
+def segment(message_id, minute, name=None, user=None, anon=None, type_='track', **fields):
+  """A Segment call `minute` minutes after 2026-11-02 10:00, parsed as the pipeline parses it."""
+  at = datetime.datetime(2026, 11, 2, 10, tzinfo=datetime.timezone.utc) + datetime.timedelta(
+      minutes=minute)
+  payload = {'type': type_, 'messageId': message_id, 'timestamp': at.isoformat(),
+             **({'event': name} if name else {}), **({'userId': user} if user else {}),
+             **({'anonymousId': anon} if anon else {}), **fields}
+  return events_rules.parse_event(orjson.dumps(payload), 'file:test', 0)
+
+
+def test_build_profiles_stitches_enriches_suppresses_and_triggers():
   events = [
-      {'message_id': 'a', 'type': 'track', 'event': 'Product Viewed', 'event_time': 2,
-       'user_id': 'c1'},
-      {'message_id': 'b', 'type': 'identify', 'event': None, 'event_time': 9, 'user_id': 'c1'},
-      {'message_id': 'c', 'type': 'page', 'event': 'Home', 'event_time': 4, 'user_id': None,
-       'anonymous_id': 'a1'},
-      {'message_id': 'd', 'type': 'track', 'event': 'Order Completed', 'event_time': 3,
-       'user_id': 'c2'},
+      # Anonymous browsing, linked later by an identify carrying both ids.
+      segment('v1', 1, 'Product Viewed', anon='a1', properties={'product_id': 'p1'}),
+      segment('add', 2, 'Product Added', anon='a1', properties={'product_id': 'p2', 'quantity': 2}),
+      segment('id1', 3, type_='identify', user='c1', anon='a1', traits={'first_name': 'Ann'}),
+      # A visitor never linked: no document.
+      segment('v2', 4, 'Product Viewed', anon='a9', properties={'product_id': 'p1'}),
+      # Opted out in the CRM: no document (the writer deletes any).
+      segment('v3', 5, 'Product Viewed', user='c2', properties={'product_id': 'p2'}),
+      # A product missing from the catalog: kept, from the event's properties.
+      segment('v4', 63, 'Product Viewed', user='c3',
+              properties={'product_id': 'zz', 'name': 'Mystery', 'price': 3}),
   ]
+  customers = [{'customer_id': 'c1', 'email_sha256': 'h1', 'first_name': 'Anna', 'country': 'SE',
+                'language': 'sv', 'email_opt_in': True, 'created_at': None,
+                'loyalty_tier': 'gold'},
+               {'customer_id': 'c2', 'email_sha256': 'h2', 'first_name': 'Bo', 'country': 'DE',
+                'language': 'de', 'email_opt_in': False, 'created_at': None,
+                'loyalty_tier': None}]
+  catalog = [{'product_id': 'p1', 'name': 'Boot', 'category': 'Shoes', 'price': 50.0,
+              'currency': 'USD', 'in_stock': True, 'url': 'u1', 'image_url': 'i1', 'sku': None,
+              'brand': None},
+             {'product_id': 'p2', 'name': 'Hat', 'category': 'Hats', 'price': 10.0,
+              'currency': 'USD', 'in_stock': True, 'url': 'u2', 'image_url': 'i2', 'sku': None,
+              'brand': None}]
   with batch_pipeline() as p:
-    docs = p | beam.Create(events) | BuildProfiles()
-    assert_that(docs | beam.Map(lambda kv: (kv[0], kv[1]['event_counts'])),
-                equal_to([('c1', {'Product Viewed': 1, 'identify': 1}),
-                          ('c2', {'Order Completed': 1})]))
+    out = p | beam.Create(events) | BuildProfiles(
+        customers=p | 'Customers' >> beam.Create(customers),
+        catalog=p | 'Catalog' >> beam.Create(catalog))
+    summary = out.documents | beam.MapTuple(lambda cid, doc: (cid, None if doc is None else (
+        doc['first_name'], doc['country'], [v['product_id'] for v in doc['recently_viewed']],
+        doc['cart']['item_count'], doc['cart']['value'], doc['cart']['abandoned'],
+        [r['product_id'] for r in doc['recommendations']],
+        [v['name'] for v in doc['recently_viewed']])))
+    assert_that(summary, equal_to([
+        # Reference time = newest event (11:03): c1's cart changed at 10:02, so it is abandoned.
+        # Recommendations: c1's top category Hats holds only p2, in the cart; then Shoes: p1.
+        ('c1', ('Ann', 'SE', ['p1'], 2, 20.0, True, ['p1'], ['Boot'])),
+        ('c2', None),
+        # Popularity counts customers (stitched a1 = c1; the unlinked a9 is nobody): p2 by c1 and
+        # c2, p1 by c1 only.
+        ('c3', (None, None, ['zz'], 0, 0.0, False, ['p2', 'p1'], ['Mystery'])),
+    ]), label='Documents')
+    assert_that(out.triggers | beam.Map(lambda t: (t['customer_id'], t['trigger_type'],
+                                                   t['cart']['item_count'])),
+                equal_to([('c1', 'cart_abandoned', 2)]), label='Triggers')
 
 
 def test_read_event_files_tags_sources_reads_gzip_and_skips_blank_lines(tmp_path):
