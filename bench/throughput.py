@@ -2,10 +2,12 @@
 
     python -m bench.throughput [--events 100000] [--repeat 3] [--workdir bench/results]
 
-Both sides read the same generated NDJSON.gz file and do the same work: parse and validate every
-line (transforms.rules.events.parse_event), dead-letter failures, deduplicate by message id, count
-activity per customer, event name and hour, fold a profile per customer, and serialise events,
-dead letters, hourly rows and documents as JSON lines to local files. The graph is `pipeline.graph.build_outputs` (the production graph minus its cloud sinks)
+Both sides read the same generated NDJSON.gz file, CRM export and catalog, and do the same work:
+parse and validate every line (transforms.rules.events.parse_event), dead-letter failures,
+deduplicate by message id, count activity per customer, event name and hour, stitch anonymous
+events to customers, count product popularity, fold and render a document per customer (CRM and
+catalog enrichment, recommendations, consent), derive cart triggers, and serialise events, dead
+letters, hourly rows, documents and triggers as JSON lines to local files. The graph is `pipeline.graph.build_outputs` (the production graph minus its cloud sinks)
 with file sinks, on the FnApiRunner. The benchmark checks that both sides produce the same events,
 dead letters and documents, then prints events/s (median of --repeat runs) and the ratio.
 """
@@ -30,7 +32,7 @@ from pipeline import graph
 from pipeline.options import PersonalizationOptions
 from scripts import generate_data
 from transforms.dedupe import preference_key
-from transforms.rules import activity, dead_letters, events, profile
+from transforms.rules import activity, dead_letters, events, identity, profile, reference, serving
 from transforms.sources import file_source
 from transforms.windows import HOUR_MICROS
 
@@ -53,9 +55,13 @@ def hourly_line(row: dict) -> bytes:
   return orjson.dumps(schemas.to_bigquery_row('customer_activity_hourly', row))
 
 
+def trigger_line(record: dict) -> bytes:
+  return orjson.dumps(schemas.to_bigquery_row('cart_triggers', record))
+
+
 def document_line(pair) -> bytes:
   customer_id, document = pair
-  return orjson.dumps({'id': customer_id, **document}, default=_json_default)
+  return orjson.dumps({'id': customer_id, 'document': document}, default=_json_default)
 
 
 def ensure_input(workdir: pathlib.Path, count: int, seed: int) -> tuple[pathlib.Path, dict]:
@@ -71,8 +77,21 @@ def ensure_input(workdir: pathlib.Path, count: int, seed: int) -> tuple[pathlib.
   return data / manifest['files'][0], manifest
 
 
-def reference_loop(path: pathlib.Path, out: pathlib.Path) -> dict:
+def _read_reference(path: pathlib.Path, parse) -> list[dict]:
+  records = []
+  for _, fields in reference.split_records(str(path), path.read_bytes()):
+    result = parse(fields) if isinstance(fields, dict) else fields
+    if not isinstance(result, dead_letters.Rejection):
+      records.append(result)
+  return records
+
+
+def reference_loop(path: pathlib.Path, customers_path: pathlib.Path,
+                   catalog_path: pathlib.Path, out: pathlib.Path) -> dict:
   """The same work as the graph, written as a plain loop."""
+  customers = {c['customer_id']: c for c in _read_reference(customers_path,
+                                                            reference.parse_customer)}
+  catalog = {p['product_id']: p for p in _read_reference(catalog_path, reference.parse_product)}
   source = file_source(str(path))
   kept: dict[str, dict] = {}
   dead = []
@@ -92,11 +111,24 @@ def reference_loop(path: pathlib.Path, out: pathlib.Path) -> dict:
       previous = kept.get(result['message_id'])
       if previous is None or preference_key(result) < preference_key(previous):
         kept[result['message_id']] = result
-  by_customer: dict[str, list] = {}
-  hourly: dict[tuple, tuple] = {}
+  links: dict[str, tuple] = {}
   for event in kept.values():
-    if event.get('user_id'):
-      by_customer.setdefault(event['user_id'], []).append(event)
+    found = identity.link(event)
+    if found is not None:
+      anonymous_id, candidate = found
+      links[anonymous_id] = min(links.get(anonymous_id, candidate), candidate)
+  linked = {anonymous_id: won[1] for anonymous_id, won in links.items()}
+  by_customer: dict[str, list] = {}
+  popular: dict[str, set] = {}
+  hourly: dict[tuple, tuple] = {}
+  newest = 0
+  for event in kept.values():
+    newest = max(newest, event['event_time'])
+    customer = identity.customer_of(event, linked)
+    if customer is not None:
+      by_customer.setdefault(customer, []).append(event)
+      for product_id in profile.interacted_products(event):
+        popular.setdefault(product_id, set()).add(customer)
     key = activity.activity_key(event)
     if key is not None:
       hour = event['event_time'] - event['event_time'] % HOUR_MICROS
@@ -108,27 +140,41 @@ def reference_loop(path: pathlib.Path, out: pathlib.Path) -> dict:
                   'revenue': revenue, 'currency': key[3] if revenue is not None else None,
                   'pane_index': 0, 'pane_timing': 'ON_TIME', 'emitted_at': emitted}
                  for (hour, key), (count, revenue) in hourly.items()]
-  documents = [(cid, profile.render(profile.fold(cid, evs))) for cid, evs in by_customer.items()]
+  recommender = profile.Recommender(catalog, {pid: len(c) for pid, c in popular.items()})
+  settings = profile.Settings()
+  documents, triggers = [], []
+  for cid, evs in by_customer.items():
+    document = profile.render(profile.fold(cid, evs), newest, customers.get(cid), catalog,
+                              recommender, settings)
+    documents.append((cid, document))
+    trigger = serving.cart_trigger(document, newest) if document is not None else None
+    if trigger is not None:
+      triggers.append(trigger)
   out.mkdir(parents=True, exist_ok=True)
   (out / 'events.jsonl').write_bytes(b'\n'.join(event_line(e) for e in kept.values()))
   (out / 'dead_letter.jsonl').write_bytes(b'\n'.join(dead_letter_line(d) for d in dead))
   (out / 'hourly.jsonl').write_bytes(b'\n'.join(hourly_line(h) for h in hourly_rows))
   (out / 'documents.jsonl').write_bytes(b'\n'.join(document_line(d) for d in documents))
+  (out / 'triggers.jsonl').write_bytes(b'\n'.join(trigger_line(t) for t in triggers))
   return {'read': read, 'events': len(kept), 'dead_letters': len(dead),
-          'documents': len(documents), 'hourly': len(hourly_rows)}
+          'documents': len(documents), 'hourly': len(hourly_rows), 'triggers': len(triggers)}
 
 
-def run_graph(path: pathlib.Path, out: pathlib.Path) -> None:
+def run_graph(path: pathlib.Path, customers_path: pathlib.Path, catalog_path: pathlib.Path,
+              out: pathlib.Path) -> None:
   options = PipelineOptions(flags=[], runner='FnApiRunner', direct_num_workers=1)
   opts = options.view_as(PersonalizationOptions)
   opts.events = str(path)
+  opts.customers = str(customers_path)
+  opts.catalog = str(catalog_path)
   out.mkdir(parents=True, exist_ok=True)
   with beam.Pipeline(options=options) as p:
     outputs = graph.build_outputs(p, opts)
     for name, pcoll, to_line in (('events', outputs.events, event_line),
                                  ('dead_letter', outputs.dead_letters, dead_letter_line),
                                  ('hourly', outputs.hourly, hourly_line),
-                                 ('documents', outputs.documents, document_line)):
+                                 ('documents', outputs.documents, document_line),
+                                 ('triggers', outputs.triggers, trigger_line)):
       _ = (pcoll
            | f'Serialise[{name}]' >> beam.Map(to_line)
            | f'Write[{name}]' >> beam.io.WriteToText(str(out / name), file_name_suffix='.jsonl',
@@ -148,7 +194,9 @@ def outputs_fingerprint(out: pathlib.Path) -> dict:
   dls = _load(out, 'dead_letter')
   docs = _load(out, 'documents')
   hourly = _load(out, 'hourly')
+  triggers = _load(out, 'triggers')
   return {
+      'triggers': sorted(orjson.dumps(t, option=orjson.OPT_SORT_KEYS) for t in triggers),
       'hourly': sorted(orjson.dumps({k: v for k, v in h.items() if k != 'emitted_at'},
                                     option=orjson.OPT_SORT_KEYS) for h in hourly),
       'events': sorted(orjson.dumps({k: v for k, v in e.items() if k != 'ingested_at'},
@@ -174,19 +222,20 @@ def main(argv=None) -> int:
     out = workdir / 'out-loop'
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    counts = reference_loop(path, out)
+    counts = reference_loop(path, path.parent / 'customers.csv', path.parent / 'catalog.csv', out)
     loop_times.append(time.perf_counter() - start)
     out = workdir / 'out-graph'
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    run_graph(path, out)
+    run_graph(path, path.parent / 'customers.csv', path.parent / 'catalog.csv', out)
     graph_times.append(time.perf_counter() - start)
     print(f'run {i + 1}/{args.repeat}: loop {lines / loop_times[-1]:,.0f} events/s, '
           f'graph {lines / graph_times[-1]:,.0f} events/s', file=sys.stderr)
 
   expected = {'read': lines, 'events': manifest['valid_unique'],
               'dead_letters': manifest['malformed'] + manifest['invalid'],
-              'documents': manifest['user_ids'], 'hourly': counts['hourly']}
+              'documents': manifest['user_ids'], 'hourly': counts['hourly'],
+              'triggers': counts['triggers']}
   if counts != expected:
     print(f'FAIL: the loop produced {counts}, the manifest says {expected}', file=sys.stderr)
     return 1

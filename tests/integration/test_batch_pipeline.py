@@ -1,5 +1,6 @@
 """The batch pipeline end to end against the real emulators: files -> BigQuery + Firestore."""
 import collections
+import csv
 import datetime
 import json
 
@@ -76,24 +77,45 @@ def test_batch_run_writes_events_dead_letters_and_documents(local_stack, unique_
   for row in rows + dead + hourly:
     assert '@' not in json.dumps(row, default=str), row
 
-  # One document per identified customer; each agrees with an aggregate computed in SQL-free
-  # Python straight from the warehouse rows (not from the pipeline's fold).
+  # Documents: checked field by field against values computed here, independently of the
+  # pipeline's rules, from the warehouse rows and the CRM file.
   docs = {d.id: d.to_dict() for d in
           firestore.Client(project=PROJECT).collection(unique_name).stream()}
-  assert len(docs) == manifest['user_ids']
-  expected = collections.defaultdict(lambda: {'counts': collections.Counter(), 'last': None})
-  for r in rows:
-    if r['user_id']:
-      e = expected[r['user_id']]
-      e['counts'][r['event'] if r['type'] == 'track' else r['type']] += 1
-      e['last'] = r['event_time'] if e['last'] is None else max(e['last'], r['event_time'])
+  expected = _expected_documents(rows, data / 'customers.csv')
   assert set(docs) == set(expected)
+  assert 0 < len(docs) < manifest['user_ids']  # some customers opted out or unsubscribed
+  # The sample exercises every rule checked below (or the checks would prove little).
+  assert any(w['cart'] for w in expected.values()) and any(w['orders'] for w in expected.values())
+  assert any(w['engagement']['last_email_click_at'] for w in expected.values())
+  assert any(d['cart']['abandoned'] for d in docs.values())
+  assert any(d['recommendations'] for d in docs.values())
   for customer_id, doc in docs.items():
+    want = expected[customer_id]
     assert doc['customer_id'] == customer_id
     assert doc['schema_version'] == 1
-    assert doc['event_counts'] == dict(expected[customer_id]['counts'])
-    assert doc['last_event_at'] == expected[customer_id]['last']
     assert doc['updated_at'] is not None
+    assert doc['last_event_at'] == want['last_event_at'], customer_id
+    assert [v['product_id'] for v in doc['recently_viewed']] == want['recently_viewed'], customer_id
+    assert {i['product_id']: i['quantity'] for i in doc['cart']['items']} == want['cart']
+    assert doc['orders']['count'] == want['orders'], customer_id
+    assert doc['first_name'] == want['first_name'], customer_id
+    assert doc['engagement'] == want['engagement'], customer_id
+    assert doc['segment'] in ('vip', 'at_risk', 'active', 'prospect')
+    assert (doc['segment'] == 'prospect') == (want['orders'] == 0)
+  # Each written document has its snapshot row.
+  profiles = [dict(r) for r in bq.query(
+      f'SELECT customer_id, segment FROM `{PROJECT}.{unique_name}.customer_profiles`').result()]
+  assert sorted(p['customer_id'] for p in profiles) == sorted(docs)
+  assert {p['customer_id']: p['segment'] for p in profiles} == {
+      cid: d['segment'] for cid, d in docs.items()}
+  # One trigger per abandoned cart among the documents.
+  triggers = [dict(r) for r in bq.query(
+      f'SELECT customer_id, trigger_id FROM `{PROJECT}.{unique_name}.cart_triggers`').result()]
+  assert sorted(t['customer_id'] for t in triggers) == sorted(
+      cid for cid, d in docs.items() if d['cart']['abandoned'])
+  assert len({t['trigger_id'] for t in triggers}) == len(triggers)
+  for row in profiles + triggers:
+    assert '@' not in json.dumps(row, default=str)
 
   # What `make demo` prints after the run: a query over the events table and one document.
   assert show.main([f'--project={PROJECT}', f'--dataset={unique_name}',
@@ -132,3 +154,58 @@ def test_file_loads_write_method_with_a_local_temp_location(local_stack, unique_
   table = bq.get_table(f'{PROJECT}.{unique_name}.events')
   assert table.time_partitioning.field == 'event_time'
   assert table.clustering_fields == ['user_id', 'event']
+
+
+def _expected_documents(rows, crm_path):
+  """The documents' key fields, computed plainly from warehouse rows and the CRM export."""
+  crm = {r['customer_id']: r for r in csv.DictReader(open(crm_path, newline=''))}
+  links = {}
+  for r in rows:
+    if r['user_id'] and r['anonymous_id']:
+      candidate = (r['event_time'], r['user_id'])
+      links[r['anonymous_id']] = min(links.get(r['anonymous_id'], candidate), candidate)
+  by_customer = collections.defaultdict(list)
+  for r in rows:
+    customer = r['user_id'] or (links[r['anonymous_id']][1] if r['anonymous_id'] in links
+                                else None)
+    if customer:
+      by_customer[customer].append(r)
+  expected = {}
+  for customer, events in by_customer.items():
+    events.sort(key=lambda r: (r['event_time'], r['message_id']))
+    identifies = [r for r in events if r['type'] == 'identify' and r['traits']]
+    unsubscribed = [r['traits']['unsubscribed'] for r in identifies
+                    if isinstance(r['traits'].get('unsubscribed'), bool)]
+    if crm.get(customer, {}).get('email_opt_in') == 'false' or (unsubscribed and unsubscribed[-1]):
+      continue
+    names = [r['traits']['first_name'] for r in identifies if r['traits'].get('first_name')]
+    viewed = []
+    for r in reversed(events):
+      if r['event'] == 'Product Viewed' and r['product_id'] and r['product_id'] not in viewed:
+        viewed.append(r['product_id'])
+    cart = collections.Counter()
+    orders, cancelled = set(), set()
+    for r in events:
+      if r['event'] == 'Product Added' and r['product_id']:
+        cart[r['product_id']] += r['quantity']
+      elif r['event'] == 'Product Removed' and r['product_id']:
+        cart[r['product_id']] -= r['quantity']
+        if cart[r['product_id']] <= 0:
+          del cart[r['product_id']]
+      elif r['event'] == 'Order Completed':
+        cart.clear()
+        orders.add(r['order_id'] or r['message_id'])
+      elif r['event'] == 'Order Cancelled':
+        cancelled.add(r['order_id'])
+    opened = [r['event_time'] for r in events if r['event'] == 'Email Opened']
+    clicked = [r['event_time'] for r in events if r['event'] == 'Email Link Clicked']
+    expected[customer] = {
+        'last_event_at': events[-1]['event_time'],
+        'recently_viewed': viewed[:10],
+        'cart': dict(cart),
+        'orders': len(orders - cancelled),
+        'first_name': names[-1] if names else (crm.get(customer, {}).get('first_name') or None),
+        'engagement': {'last_email_open_at': max(opened) if opened else None,
+                       'last_email_click_at': max(clicked) if clicked else None},
+    }
+  return expected

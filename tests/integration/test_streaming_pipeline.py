@@ -20,7 +20,7 @@ def _event(i, user, minutes_ago=0, **extra):
   stamp = time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(now)) + '.000Z'
   return orjson.dumps({'type': 'track', 'event': 'Product Viewed', 'messageId': f'live-{i}',
                        'userId': user, 'timestamp': stamp,
-                       'properties': {'product_id': f'p{i % 5}', 'price': 9.5}, **extra})
+                       'properties': {'product_id': f'p{i % 15}', 'price': 9.5}, **extra})
 
 
 def _wait_for(predicate, timeout, what):
@@ -60,11 +60,12 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
     db = firestore.Client(project=PROJECT)
 
     def complete_documents():
+      # Each customer viewed 5 distinct products (c9 one): recently_viewed shows them all.
       docs = [d.to_dict() for d in db.collection(unique_name).stream()]
-      counts = sorted(sum(d['event_counts'].values()) for d in docs)
-      return docs if counts == [1, 10, 10, 10] else None
+      viewed = sorted(len(d['recently_viewed']) for d in docs)
+      return docs if viewed == [1, 5, 5, 5] else None
 
-    docs = _wait_for(complete_documents, 60, 'four documents with 10, 10, 10 and 1 events')
+    docs = _wait_for(complete_documents, 60, 'four documents with 5, 5, 5 and 1 viewed products')
     time.sleep(3)  # give duplicates a chance to (wrongly) arrive
     ids = [r['message_id'] for r in bq.query(
         f'SELECT message_id FROM `{events_table}`').result()]
