@@ -74,7 +74,8 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
     catalog = products.records
     dead.append(products.dead_letter)
   profiles = events | 'BuildProfiles' >> BuildProfiles(
-      streaming, opts.profile_settings(), customers, catalog, opts.as_of_micros())
+      streaming, opts.profile_settings(), customers, catalog, opts.as_of_micros(),
+      opts.identity_buffer_hours)
   dead_letters = dead | 'FlattenDeadLetters' >> beam.Flatten()
   return Outputs(events, dead_letters, hourly, profiles.documents, profiles.triggers, customers,
                  catalog)

@@ -8,6 +8,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
 from transforms.dedupe import DEFAULT_DEDUPE_HOURS
+from transforms.live_profiles import DEFAULT_IDENTITY_BUFFER_HOURS
 from transforms.rules import events, profile
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
 from transforms.sinks.bigquery import STREAMING_INSERTS, WRITE_METHODS
@@ -62,6 +63,11 @@ class PersonalizationOptions(PipelineOptions):
         '--vip_lifetime_value', type=float, default=500,
         help='Lifetime order value from which a customer is in the vip segment (5 or more '
              'orders also make a vip).')
+    parser.add_argument(
+        '--identity_buffer_hours', type=float, default=DEFAULT_IDENTITY_BUFFER_HOURS,
+        help='Streaming: how long anonymous events wait in state for an identify that links '
+             'their anonymousId to a userId; when the link arrives they are replayed to that '
+             'customer. Batch links across the whole input.')
     parser.add_argument(
         '--triggers_topic', default=None,
         help='Pub/Sub topic (projects/PROJECT/topics/NAME) that receives cart-abandonment '

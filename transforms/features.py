@@ -2,25 +2,19 @@
 into serving documents with the CRM and catalog as side inputs."""
 from __future__ import annotations
 
-import time
 import typing
 
 import apache_beam as beam
-from apache_beam import coders
 from apache_beam.pvalue import AsDict, AsSingleton
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 
 from transforms import metrics
+from transforms.live_profiles import DEFAULT_IDENTITY_BUFFER_HOURS, FoldLive, StitchLive
 from transforms.rules import identity, profile, serving
 
 
 class ProfileOutputs(typing.NamedTuple):
   documents: beam.PCollection  # (customer_id, document or None)
   triggers: beam.PCollection   # cart trigger records (schemas/cart_triggers.avsc)
-
-
-def _key_by_customer(event):
-  return event['user_id'], event
 
 
 def _links(event):
@@ -132,22 +126,6 @@ class _FoldRenderFn(beam.DoFn):
     yield customer_id, document
 
 
-class _FoldInStateFn(beam.DoFn):
-  """Streaming: the profile state lives in per-customer state; each event is folded in as it
-  comes and the document re-rendered at processing time. Same rules as the batch fold."""
-  PROFILE = ReadModifyWriteStateSpec('profile', coders.PickleCoder())
-
-  def __init__(self, settings: profile.Settings):
-    self._settings = settings
-
-  def process(self, element, stored=beam.DoFn.StateParam(PROFILE)):
-    customer_id, event = element
-    state = stored.read() or profile.new_state(customer_id)
-    profile.apply(state, event)
-    stored.write(state)
-    yield customer_id, profile.render(state, time.time_ns() // 1000, settings=self._settings)
-
-
 class BuildProfiles(beam.PTransform):
   """Folds each customer's events into a serving document.
 
@@ -158,13 +136,16 @@ class BuildProfiles(beam.PTransform):
 
   Batch: events are stitched to customers, grouped and folded once; the reference time is
   `as_of` or the newest event time; popularity counts distinct customers over the whole input.
-  Streaming: per-customer state, keyed by userId, rendered on each event at processing time,
-  without the CRM, catalog and popularity side inputs yet.
+  Streaming (transforms/live_profiles.py): anonymous events stitched with a replay buffer,
+  per-customer state, documents rendered at processing time per burst and when a cart becomes
+  abandoned; without the CRM, catalog and popularity side inputs yet.
   """
 
   def __init__(self, streaming: bool = False, settings: profile.Settings = profile.Settings(),
-               customers=None, catalog=None, as_of_micros: int | None = None):
+               customers=None, catalog=None, as_of_micros: int | None = None,
+               identity_buffer_hours: float = DEFAULT_IDENTITY_BUFFER_HOURS):
     super().__init__()
+    self._identity_buffer_hours = identity_buffer_hours
     self._streaming = streaming
     self._settings = settings
     self._customers = customers
@@ -173,13 +154,10 @@ class BuildProfiles(beam.PTransform):
 
   def expand(self, events):
     if self._streaming:
-      documents = (events
-                   | 'KeepIdentified' >> beam.Filter(lambda event: bool(event.get('user_id')))
-                   | 'KeyByCustomer' >> beam.Map(_key_by_customer).with_output_types(
-                       tuple[str, dict])
-                   | 'FoldInState' >> beam.ParDo(_FoldInStateFn(self._settings)))
-      triggers = events.pipeline | 'NoTriggersYet' >> beam.Create([])
-      return ProfileOutputs(documents, triggers)
+      live = (events
+              | 'StitchLive' >> StitchLive(self._identity_buffer_hours)
+              | 'FoldLive' >> FoldLive(self._settings))
+      return ProfileOutputs(live.documents, live.triggers)
     pipeline = events.pipeline
     customers = self._customers if self._customers is not None else (
         pipeline | 'NoCustomers' >> beam.Create([]))

@@ -1,0 +1,177 @@
+"""The streaming half of the profile: identity stitching with a replay buffer, and the profile fold
+in per-customer state with coalesced writes and cart-abandonment timers.
+
+Same rules as batch (transforms.rules.identity, transforms.rules.profile); only the way events
+reach them differs: one at a time, in arrival order, with state in between.
+"""
+from __future__ import annotations
+
+import time
+
+import apache_beam as beam
+from apache_beam import coders
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteStateSpec, TimerSpec,
+                                              on_timer)
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from transforms import metrics
+from transforms.rules import profile, serving
+
+DEFAULT_IDENTITY_BUFFER_HOURS = 24
+DEFAULT_FLUSH_SECONDS = 0.5
+_MICROS = 1_000_000
+
+
+def _now_micros() -> int:
+  return time.time_ns() // 1000
+
+
+def _by_anonymous_id(event):
+  return event['anonymous_id'], event
+
+
+class _StitchLiveFn(beam.DoFn):
+  """Keyed by anonymousId. The first event carrying this anonymousId and a userId links them:
+  the anonymous events held so far are replayed to that customer, and later anonymous events go
+  straight to them. Anonymous events with no link yet are held for `buffer_hours` after the first
+  of them, then dropped from the profile path (they are in the warehouse already) and counted."""
+  LINK = ReadModifyWriteStateSpec('link', coders.StrUtf8Coder())
+  HELD = BagStateSpec('held', coders.PickleCoder())
+  EXPIRY = TimerSpec('expiry', TimeDomain.REAL_TIME)
+
+  def __init__(self, buffer_hours: float):
+    self._buffer = Duration(seconds=buffer_hours * 3600)
+    self._stitched = metrics.counter(metrics.EVENTS_STITCHED)
+    self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
+
+  def process(self, element, link=beam.DoFn.StateParam(LINK), held=beam.DoFn.StateParam(HELD),
+              expiry=beam.DoFn.TimerParam(EXPIRY)):
+    _, event = element
+    user = event.get('user_id')
+    linked = link.read()
+    if user:
+      if linked is None:
+        link.write(user)
+        waiting = list(held.read())
+        held.clear()
+        self._stitched.inc(len(waiting))
+        for earlier in waiting:
+          yield user, earlier
+      yield user, event
+    elif linked is not None:
+      self._stitched.inc()
+      yield linked, event
+    else:
+      if not list(held.read()):
+        expiry.set(Timestamp.now() + self._buffer)
+      held.add(event)
+
+  @on_timer(EXPIRY)
+  def expire(self, held=beam.DoFn.StateParam(HELD)):
+    dropped = list(held.read())
+    held.clear()
+    self._unlinked.inc(len(dropped))
+
+
+class StitchLive(beam.PTransform):
+  """Input: event records (global window). Output: `(customer_id, event)` pairs: events with a
+  userId at once; anonymous events once their anonymousId is linked (held up to
+  `identity_buffer_hours` before that, then replayed in arrival order)."""
+
+  def __init__(self, identity_buffer_hours: float = DEFAULT_IDENTITY_BUFFER_HOURS):
+    super().__init__()
+    if identity_buffer_hours <= 0:
+      raise ValueError(f'identity_buffer_hours must be positive, got {identity_buffer_hours}')
+    self._hours = identity_buffer_hours
+
+  def expand(self, events):
+    split = events | 'SplitByAnonymousId' >> beam.Partition(
+        lambda event, _: 1 if event.get('anonymous_id') else 0, 2)
+    direct = (split[0]
+              | 'OnlyIdentified' >> beam.Filter(lambda event: bool(event.get('user_id')))
+              | 'KeyByUser' >> beam.Map(lambda event: (event['user_id'], event)))
+    stitched = (split[1]
+                | 'KeyByAnonymousId' >> beam.Map(_by_anonymous_id).with_output_types(
+                    tuple[str, dict])
+                | 'Stitch' >> beam.ParDo(_StitchLiveFn(self._hours)))
+    return (direct, stitched) | 'Attributed' >> beam.Flatten()
+
+
+class _FoldLiveFn(beam.DoFn):
+  """Keyed by customer. Folds each event into the stored profile; renders the document at most
+  once per `flush_seconds` for a burst of events (coalescing), and again when the cart becomes
+  abandoned (a processing-time timer), emitting one trigger per abandoned cart."""
+  PROFILE = ReadModifyWriteStateSpec('profile', coders.PickleCoder())
+  PENDING = ReadModifyWriteStateSpec('pending', coders.BooleanCoder())
+  TRIGGERED = ReadModifyWriteStateSpec('triggered', coders.VarIntCoder())
+  FLUSH = TimerSpec('flush', TimeDomain.REAL_TIME)
+  ABANDON = TimerSpec('abandon', TimeDomain.REAL_TIME)
+
+  def __init__(self, settings: profile.Settings, flush_seconds: float):
+    self._settings = settings
+    self._flush = Duration(seconds=flush_seconds)
+    self._abandon_micros = int(settings.cart_abandon_minutes * 60 * _MICROS)
+    self._suppressed = metrics.counter(metrics.DOCUMENTS_SUPPRESSED)
+
+  def process(self, element, stored=beam.DoFn.StateParam(PROFILE),
+              pending=beam.DoFn.StateParam(PENDING), flush=beam.DoFn.TimerParam(FLUSH),
+              abandon=beam.DoFn.TimerParam(ABANDON)):
+    customer_id, event = element
+    state = stored.read() or profile.new_state(customer_id)
+    cart_before = state['cart_updated_at']
+    profile.apply(state, event)
+    stored.write(state)
+    if not pending.read():
+      pending.write(True)
+      flush.set(Timestamp.now() + self._flush)
+    if state['cart'] and state['cart_updated_at'] != cart_before:
+      wait = max(0, state['cart_updated_at'] + self._abandon_micros - _now_micros()) + 1
+      abandon.set(Timestamp.now() + Duration(micros=wait))
+
+  # The reference time of a render is the timer's own time: the processing time it fired for.
+  @on_timer(FLUSH)
+  def on_flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+               stored=beam.DoFn.StateParam(PROFILE), pending=beam.DoFn.StateParam(PENDING),
+               triggered=beam.DoFn.StateParam(TRIGGERED)):
+    pending.clear()
+    yield from self._emit(key, stored.read(), triggered, fired.micros)
+
+  @on_timer(ABANDON)
+  def on_abandon(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+                 stored=beam.DoFn.StateParam(PROFILE),
+                 triggered=beam.DoFn.StateParam(TRIGGERED)):
+    yield from self._emit(key, stored.read(), triggered, fired.micros)
+
+  def _emit(self, customer_id, state, triggered, now: int):
+    if state is None:
+      return
+    document = profile.render(state, now, settings=self._settings)
+    if document is None:
+      self._suppressed.inc()
+    else:
+      trigger = serving.cart_trigger(document, now)
+      if trigger is not None and triggered.read() != trigger['cart_updated_at']:
+        triggered.write(trigger['cart_updated_at'])
+        yield beam.pvalue.TaggedOutput('triggers', trigger)
+    yield customer_id, document
+
+
+class FoldLive(beam.PTransform):
+  """Input: `(customer_id, event)` pairs. Output: a tuple with `documents` (`(customer_id,
+  document or None)`, at most one per customer per `flush_seconds` burst, plus one when the cart
+  becomes abandoned) and `triggers` (one per abandoned cart)."""
+
+  def __init__(self, settings: profile.Settings = profile.Settings(),
+               flush_seconds: float = DEFAULT_FLUSH_SECONDS):
+    super().__init__()
+    if flush_seconds < 0:
+      raise ValueError(f'flush_seconds must be >= 0, got {flush_seconds}')
+    self._settings = settings
+    self._flush_seconds = flush_seconds
+
+  def expand(self, keyed):
+    return (keyed
+            | 'TypedKeys' >> beam.Map(lambda kv: kv).with_output_types(tuple[str, dict])
+            | 'FoldInState' >> beam.ParDo(_FoldLiveFn(self._settings, self._flush_seconds))
+            .with_outputs('triggers', main='documents'))
