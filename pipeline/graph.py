@@ -75,7 +75,7 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
     dead.append(products.dead_letter)
   profiles = events | 'BuildProfiles' >> BuildProfiles(
       streaming, opts.profile_settings(), customers, catalog, opts.as_of_micros(),
-      opts.identity_buffer_hours)
+      opts.identity_buffer_hours, opts.customers, opts.catalog, opts.side_input_refresh_minutes)
   dead_letters = dead | 'FlattenDeadLetters' >> beam.Flatten()
   return Outputs(events, dead_letters, hourly, profiles.documents, profiles.triggers, customers,
                  catalog)

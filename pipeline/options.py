@@ -8,7 +8,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
 from transforms.dedupe import DEFAULT_DEDUPE_HOURS
-from transforms.live_profiles import DEFAULT_IDENTITY_BUFFER_HOURS
+from transforms.live_profiles import DEFAULT_IDENTITY_BUFFER_HOURS, DEFAULT_REFRESH_MINUTES
 from transforms.rules import events, profile
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
 from transforms.sinks.bigquery import STREAMING_INSERTS, WRITE_METHODS
@@ -68,6 +68,10 @@ class PersonalizationOptions(PipelineOptions):
         help='Streaming: how long anonymous events wait in state for an identify that links '
              'their anonymousId to a userId; when the link arrives they are replayed to that '
              'customer. Batch links across the whole input.')
+    parser.add_argument(
+        '--side_input_refresh_minutes', type=float, default=DEFAULT_REFRESH_MINUTES,
+        help='Streaming: how often each worker re-reads --customers and --catalog, so catalog '
+             'price or stock changes and new CRM rows reach documents without a restart.')
     parser.add_argument(
         '--triggers_topic', default=None,
         help='Pub/Sub topic (projects/PROJECT/topics/NAME) that receives cart-abandonment '

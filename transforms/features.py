@@ -8,7 +8,8 @@ import apache_beam as beam
 from apache_beam.pvalue import AsDict, AsSingleton
 
 from transforms import metrics
-from transforms.live_profiles import DEFAULT_IDENTITY_BUFFER_HOURS, FoldLive, StitchLive
+from transforms.live_profiles import (DEFAULT_IDENTITY_BUFFER_HOURS, DEFAULT_REFRESH_MINUTES,
+                                      FoldLive, StitchLive)
 from transforms.rules import identity, profile, serving
 
 
@@ -138,14 +139,19 @@ class BuildProfiles(beam.PTransform):
   `as_of` or the newest event time; popularity counts distinct customers over the whole input.
   Streaming (transforms/live_profiles.py): anonymous events stitched with a replay buffer,
   per-customer state, documents rendered at processing time per burst and when a cart becomes
-  abandoned; without the CRM, catalog and popularity side inputs yet.
+  abandoned; the CRM and catalog are re-read from `customers_pattern` / `catalog_pattern` every
+  `refresh_minutes` (transforms/reference_data.py); no product popularity yet.
   """
 
   def __init__(self, streaming: bool = False, settings: profile.Settings = profile.Settings(),
                customers=None, catalog=None, as_of_micros: int | None = None,
-               identity_buffer_hours: float = DEFAULT_IDENTITY_BUFFER_HOURS):
+               identity_buffer_hours: float = DEFAULT_IDENTITY_BUFFER_HOURS,
+               customers_pattern: str | None = None, catalog_pattern: str | None = None,
+               refresh_minutes: float = DEFAULT_REFRESH_MINUTES):
     super().__init__()
     self._identity_buffer_hours = identity_buffer_hours
+    self._patterns = (customers_pattern, catalog_pattern)
+    self._refresh_minutes = refresh_minutes
     self._streaming = streaming
     self._settings = settings
     self._customers = customers
@@ -156,7 +162,9 @@ class BuildProfiles(beam.PTransform):
     if self._streaming:
       live = (events
               | 'StitchLive' >> StitchLive(self._identity_buffer_hours)
-              | 'FoldLive' >> FoldLive(self._settings))
+              | 'FoldLive' >> FoldLive(self._settings, customers=self._patterns[0],
+                                       catalog=self._patterns[1],
+                                       refresh_minutes=self._refresh_minutes))
       return ProfileOutputs(live.documents, live.triggers)
     pipeline = events.pipeline
     customers = self._customers if self._customers is not None else (

@@ -15,11 +15,12 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
                                               on_timer)
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from transforms import metrics
+from transforms import metrics, reference_data
 from transforms.rules import profile, serving
 
 DEFAULT_IDENTITY_BUFFER_HOURS = 24
 DEFAULT_FLUSH_SECONDS = 0.5
+DEFAULT_REFRESH_MINUTES = 60
 _MICROS = 1_000_000
 
 
@@ -108,9 +109,14 @@ class _FoldLiveFn(beam.DoFn):
   FLUSH = TimerSpec('flush', TimeDomain.REAL_TIME)
   ABANDON = TimerSpec('abandon', TimeDomain.REAL_TIME)
 
-  def __init__(self, settings: profile.Settings, flush_seconds: float):
+  def __init__(self, settings: profile.Settings, flush_seconds: float,
+               customers: str | None = None, catalog: str | None = None,
+               refresh_minutes: float = DEFAULT_REFRESH_MINUTES):
     self._settings = settings
     self._flush = Duration(seconds=flush_seconds)
+    self._customers = customers
+    self._catalog = catalog
+    self._refresh_minutes = refresh_minutes
     self._abandon_micros = int(settings.cart_abandon_minutes * 60 * _MICROS)
     self._suppressed = metrics.counter(metrics.DOCUMENTS_SUPPRESSED)
 
@@ -146,7 +152,9 @@ class _FoldLiveFn(beam.DoFn):
   def _emit(self, customer_id, state, triggered, now: int):
     if state is None:
       return
-    document = profile.render(state, now, settings=self._settings)
+    data = reference_data.current(self._customers, self._catalog, self._refresh_minutes)
+    document = profile.render(state, now, data.customers.get(customer_id), data.catalog,
+                              data.recommender, self._settings)
     if document is None:
       self._suppressed.inc()
     else:
@@ -160,18 +168,28 @@ class _FoldLiveFn(beam.DoFn):
 class FoldLive(beam.PTransform):
   """Input: `(customer_id, event)` pairs. Output: a tuple with `documents` (`(customer_id,
   document or None)`, at most one per customer per `flush_seconds` burst, plus one when the cart
-  becomes abandoned) and `triggers` (one per abandoned cart)."""
+  becomes abandoned) and `triggers` (one per abandoned cart). `customers` and `catalog` are the
+  file patterns of the CRM export and catalog (transforms/reference_data.py: re-read every
+  `refresh_minutes`)."""
 
   def __init__(self, settings: profile.Settings = profile.Settings(),
-               flush_seconds: float = DEFAULT_FLUSH_SECONDS):
+               flush_seconds: float = DEFAULT_FLUSH_SECONDS, customers: str | None = None,
+               catalog: str | None = None, refresh_minutes: float = DEFAULT_REFRESH_MINUTES):
     super().__init__()
     if flush_seconds < 0:
       raise ValueError(f'flush_seconds must be >= 0, got {flush_seconds}')
+    if refresh_minutes <= 0:
+      raise ValueError(f'refresh_minutes must be positive, got {refresh_minutes}')
     self._settings = settings
     self._flush_seconds = flush_seconds
+    self._customers = customers
+    self._catalog = catalog
+    self._refresh_minutes = refresh_minutes
 
   def expand(self, keyed):
     return (keyed
             | 'TypedKeys' >> beam.Map(lambda kv: kv).with_output_types(tuple[str, dict])
-            | 'FoldInState' >> beam.ParDo(_FoldLiveFn(self._settings, self._flush_seconds))
+            | 'FoldInState' >> beam.ParDo(_FoldLiveFn(
+                self._settings, self._flush_seconds, self._customers, self._catalog,
+                self._refresh_minutes))
             .with_outputs('triggers', main='documents'))

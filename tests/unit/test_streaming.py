@@ -218,3 +218,30 @@ def test_live_fold_triggers_once_per_abandoned_cart():
                                                    t['cart']['item_count'])),
                 equal_to([('c1', 'cart_abandoned', 2), ('c1', 'cart_abandoned', 3)]),
                 label='OneTriggerPerCart')
+
+
+def test_live_fold_enriches_from_the_crm_and_catalog_files_and_honours_consent(tmp_path):
+  crm = tmp_path / 'customers.csv'
+  crm.write_text('customer_id,email,first_name,last_name,country,language,email_opt_in,'
+                 'created_at,loyalty_tier\nc1,a@b.com,Ann,L,SE,sv,true,,gold\n'
+                 'c2,b@b.com,Bo,L,DE,de,false,,\n')
+  catalog = tmp_path / 'catalog.csv'
+  catalog.write_text('product_id,sku,name,category,brand,price,currency,in_stock,url,image_url\n'
+                     'pa,S,Boot,Shoes,B,10.00,USD,true,u,i\npz,S,Sock,Shoes,B,2.00,USD,true,u,i\n')
+  stream = (TestStream()
+            .advance_processing_time(int(time.time()))
+            .add_elements([('c1', event('a', 1)), ('c2', event('b', 1, user='c2'))])
+            .advance_processing_time(30)
+            .advance_watermark_to_infinity())
+  with streaming_pipeline() as p:
+    out = p | stream | FoldLive(flush_seconds=1, customers=str(crm), catalog=str(catalog))
+    assert_that(out.documents | beam.MapTuple(_enrichment_view),
+                # Viewing does not exclude a product from recommendations (buying or carting does).
+                equal_to([('c1', ('Ann', 'gold', 'Boot', ['pa', 'pz'])), ('c2', None)]))
+
+
+def _enrichment_view(customer, doc):
+  if doc is None:
+    return customer, None
+  return customer, (doc['first_name'], doc['loyalty_tier'], doc['recently_viewed'][0]['name'],
+                    [r['product_id'] for r in doc['recommendations']])
