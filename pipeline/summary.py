@@ -86,9 +86,19 @@ class RunSummary:
     for failure_type, count in self.by_prefix(_DEAD_PREFIX).items():
       lines.append(f'  dead letters: {failure_type:<22} {count:>8,}')
     for table, count in self.by_prefix(_SENT_PREFIX).items():
-      lines.append(f'  BigQuery rows sent to {table:<14} {count:>8,}')
+      lines.append(f'  BigQuery rows sent to {table:<26} {count:>8,}')
     for table, count in self.by_prefix(_REJECTED_PREFIX).items():
-      lines.append(f'  BigQuery rows rejected by {table:<10} {count:>8,}')
+      lines.append(f'  BigQuery rows rejected by {table:<22} {count:>8,}')
+    for label, name in (('events stitched to a customer', metrics.EVENTS_STITCHED),
+                        ('anonymous events never linked', metrics.EVENTS_ANONYMOUS_UNLINKED),
+                        ('events about products not in the catalog',
+                         metrics.PRODUCTS_NOT_IN_CATALOG),
+                        ('customers without a document (consent)', metrics.DOCUMENTS_SUPPRESSED),
+                        ('documents deleted (consent withdrawn)', metrics.DOCUMENTS_DELETED),
+                        ('writes skipped: stored document newer', metrics.DOCUMENTS_STALE_SKIPPED),
+                        ('cart triggers published', metrics.TRIGGERS_PUBLISHED)):
+      if self.get(name):
+        lines.append(f'  {label:<47} {self.get(name):>8,}')
     lines.append(f'  documents written    {self.get(metrics.DOCUMENTS_WRITTEN):>10,}')
     problems = self.problems()
     if not self.exact:

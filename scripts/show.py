@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f'\nno documents in Firestore collection {args.collection!r}', file=sys.stderr)
     return 1
   print(f'\nFirestore document {args.collection}/{docs[0].id}:')
-  print(json.dumps(docs[0].to_dict(), indent=2, default=str, ensure_ascii=False))
+  print(json.dumps(docs[0].to_dict(), indent=2, default=str, ensure_ascii=False, sort_keys=True))
   return 0
 
 

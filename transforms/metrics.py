@@ -37,7 +37,6 @@ DOCUMENTS_SUPPRESSED = 'documents_suppressed'
 EVENTS_STITCHED = 'events_stitched'
 EVENTS_ANONYMOUS_UNLINKED = 'events_anonymous_unlinked'
 PRODUCTS_NOT_IN_CATALOG = 'events_product_not_in_catalog'
-TRIGGERS = 'cart_triggers'
 TRIGGERS_PUBLISHED = 'cart_triggers_published'
 # Versions of a document replaced by a newer one in the same commit (streaming).
 DOCUMENTS_SUPERSEDED = 'documents_superseded'
