@@ -98,7 +98,7 @@ class RunSummary:
                         ('writes skipped: stored document newer', metrics.DOCUMENTS_STALE_SKIPPED),
                         ('cart triggers published', metrics.TRIGGERS_PUBLISHED)):
       if self.get(name):
-        lines.append(f'  {label:<47} {self.get(name):>8,}')
+        lines.append(f'  {label:<48} {self.get(name):>8,}')
     lines.append(f'  documents written    {self.get(metrics.DOCUMENTS_WRITTEN):>10,}')
     problems = self.problems()
     if not self.exact:
