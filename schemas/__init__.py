@@ -127,13 +127,14 @@ def clustering_fields(name: str) -> list[str]:
 
 
 @functools.cache
-def _row_converters(name: str) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
+def _row_converters(name: str, json_as_text: bool = True
+                    ) -> tuple[tuple[str, Callable[[Any], Any] | None], ...]:
   convs = []
   for field in bigquery_fields(name):
     if field['type'] == 'TIMESTAMP':
       convs.append((field['name'], micros_to_rfc3339))
     elif field['type'] == 'JSON':
-      convs.append((field['name'], _json_text))
+      convs.append((field['name'], _json_text if json_as_text else None))
     elif field['type'] == 'NUMERIC':
       convs.append((field['name'], str))  # Decimal -> exact text; BigQuery parses it exactly
     else:
@@ -148,8 +149,18 @@ def to_bigquery_row(name: str, record: dict) -> dict:
   columns hold Decimals and JSON columns Python objects; BigQuery wants RFC 3339 strings, decimal
   text and JSON text.
   """
+  return _convert(name, record, json_as_text=True)
+
+
+def to_json_message(name: str, record: dict) -> dict:
+  """A record as a JSON message body (Pub/Sub): like `to_bigquery_row`, but JSON columns stay
+  nested objects."""
+  return _convert(name, record, json_as_text=False)
+
+
+def _convert(name: str, record: dict, json_as_text: bool) -> dict:
   row = {}
-  for field_name, convert in _row_converters(name):
+  for field_name, convert in _row_converters(name, json_as_text):
     value = record.get(field_name)
     row[field_name] = value if value is None or convert is None else convert(value)
   return row

@@ -5,10 +5,10 @@ import datetime
 import json
 
 import pytest
-from google.cloud import firestore
+from google.cloud import firestore, pubsub_v1
 
 from pipeline import run
-from scripts import generate_data, show
+from scripts import generate_data, publish, show
 from transforms.sinks import bigquery_client
 
 PROJECT = 'demo-local'
@@ -209,3 +209,32 @@ def _expected_documents(rows, crm_path):
                        'last_email_click_at': max(clicked) if clicked else None},
     }
   return expected
+
+
+def test_cart_triggers_are_published_to_the_triggers_topic(local_stack, unique_name, sample):
+  data, _ = sample
+  topic, subscription = publish.ensure_topic_and_subscription(
+      PROJECT, f'{unique_name}-triggers', f'{unique_name}-worker')
+  assert run.main([
+      f'--events={data}/events-*.ndjson.gz', f'--customers={data}/customers.csv',
+      f'--catalog={data}/catalog.csv', f'--project={PROJECT}', '--runner=FnApiRunner',
+      f'--dataset={unique_name}', f'--collection={unique_name}',
+      f'--triggers_topic={topic}']) == 0
+  bq = bigquery_client.cloud_client(PROJECT)
+  expected = {r['trigger_id']: r['customer_id'] for r in bq.query(
+      f'SELECT trigger_id, customer_id FROM `{PROJECT}.{unique_name}.cart_triggers`').result()}
+  assert expected
+  received = {}
+  with pubsub_v1.SubscriberClient() as subscriber:
+    for _ in range(20):
+      reply = subscriber.pull(subscription=subscription, max_messages=500, timeout=10)
+      if not reply.received_messages:
+        break
+      for message in reply.received_messages:
+        body = json.loads(message.message.data)
+        assert message.message.attributes['trigger_id'] == body['trigger_id']
+        assert body['trigger_type'] == 'cart_abandoned' and body['cart']['abandoned'] is True
+        received[body['trigger_id']] = body['customer_id']
+      subscriber.acknowledge(subscription=subscription,
+                             ack_ids=[m.ack_id for m in reply.received_messages])
+  assert received == expected

@@ -26,7 +26,7 @@ class _PublishFn(beam.DoFn):
     self._futures = []
 
   def process(self, record):
-    payload = orjson.dumps(schemas.to_bigquery_row(self._record, record))
+    payload = orjson.dumps(schemas.to_json_message(self._record, record))
     self._futures.append(self._publisher.publish(self._topic, payload,
                                                  trigger_id=record['trigger_id']))
 
@@ -39,7 +39,8 @@ class _PublishFn(beam.DoFn):
 
 class PublishRecords(beam.PTransform):
   """Publishes records of `record` (a schema in `schemas/`) to a Pub/Sub topic
-  (`projects/P/topics/T`) as JSON rows. Input: records. Output: nothing."""
+  (`projects/P/topics/T`) as JSON objects (times RFC 3339, nested fields as objects).
+  Input: records. Output: nothing."""
 
   def __init__(self, topic: str, record: str = 'cart_triggers'):
     super().__init__()
