@@ -33,6 +33,7 @@ class Outputs(typing.NamedTuple):
   hourly: beam.PCollection        # hourly activity rows (schemas/customer_activity_hourly.avsc)
   documents: beam.PCollection     # (customer_id, serving document, or None: delete it)
   triggers: beam.PCollection      # cart-abandonment records (schemas/cart_triggers.avsc)
+  popularity: beam.PCollection    # streaming: (product_id, popularity document)
   customers: beam.PCollection | None  # CRM records (transforms.rules.reference.parse_customer)
   catalog: beam.PCollection | None    # product records (transforms.rules.reference.parse_product)
 
@@ -75,10 +76,12 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
     dead.append(products.dead_letter)
   profiles = events | 'BuildProfiles' >> BuildProfiles(
       streaming, opts.profile_settings(), customers, catalog, opts.as_of_micros(),
-      opts.identity_buffer_hours, opts.customers, opts.catalog, opts.side_input_refresh_minutes)
+      opts.identity_buffer_hours, opts.customers, opts.catalog, opts.side_input_refresh_minutes,
+      (opts.view_as(GoogleCloudOptions).project, opts.firestore_database,
+       opts.popularity_collection), opts.popularity_window_hours)
   dead_letters = dead | 'FlattenDeadLetters' >> beam.Flatten()
-  return Outputs(events, dead_letters, hourly, profiles.documents, profiles.triggers, customers,
-                 catalog)
+  return Outputs(events, dead_letters, hourly, profiles.documents, profiles.triggers,
+                 profiles.popularity, customers, catalog)
 
 
 class _ReportLostFn(beam.DoFn):
@@ -102,12 +105,14 @@ def build(p: beam.Pipeline, opts: PersonalizationOptions, project: str) -> Outpu
                        | 'ProfileRows' >> beam.MapTuple(serving.profile_row)
                        | 'WriteProfiles' >> WriteTable('customer_profiles', project, opts.dataset,
                                                        method, temp))
+  popularity = out.popularity | 'WritePopularity' >> WriteDocuments(
+      project, opts.popularity_collection, opts.firestore_database)
   rejected_triggers = out.triggers | 'WriteTriggers' >> WriteTable(
       'cart_triggers', project, opts.dataset, method, temp)
   if opts.triggers_topic:
     _ = out.triggers | 'PublishTriggers' >> PublishRecords(opts.triggers_topic, 'cart_triggers')
   lost = ((out.dead_letters, rejected_events, rejected_hourly, documents.dead_letter,
-           rejected_profiles, rejected_triggers)
+           popularity.dead_letter, rejected_profiles, rejected_triggers)
           | 'AllDeadLetters' >> beam.Flatten()
           | 'WriteDeadLetters' >> WriteTable('dead_letter', project, opts.dataset, method, temp))
   _ = lost | 'ReportLostDeadLetters' >> beam.ParDo(_ReportLostFn())

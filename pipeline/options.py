@@ -8,7 +8,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
 from transforms.dedupe import DEFAULT_DEDUPE_HOURS
-from transforms.live_profiles import DEFAULT_IDENTITY_BUFFER_HOURS, DEFAULT_REFRESH_MINUTES
+from transforms.live_profiles import (DEFAULT_IDENTITY_BUFFER_HOURS,
+                                      DEFAULT_POPULARITY_WINDOW_HOURS, DEFAULT_REFRESH_MINUTES)
 from transforms.rules import events, profile
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
 from transforms.sinks.bigquery import STREAMING_INSERTS, WRITE_METHODS
@@ -72,6 +73,14 @@ class PersonalizationOptions(PipelineOptions):
         '--side_input_refresh_minutes', type=float, default=DEFAULT_REFRESH_MINUTES,
         help='Streaming: how often each worker re-reads --customers and --catalog, so catalog '
              'price or stock changes and new CRM rows reach documents without a restart.')
+    parser.add_argument(
+        '--popularity_window_hours', type=float, default=DEFAULT_POPULARITY_WINDOW_HOURS,
+        help='Streaming: recommendations rank products by the distinct customers who viewed, '
+             'added or bought them within this many hours (batch: over the whole input).')
+    parser.add_argument(
+        '--popularity_collection', default='product_popularity',
+        help='Streaming: Firestore collection where the job keeps product popularity; workers '
+             're-read it with the CRM and catalog.')
     parser.add_argument(
         '--triggers_topic', default=None,
         help='Pub/Sub topic (projects/PROJECT/topics/NAME) that receives cart-abandonment '

@@ -69,6 +69,8 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
     opts.as_of_micros()
   except ValueError as err:
     raise UsageError(str(err)) from err
+  if opts.popularity_window_hours <= 0:
+    raise UsageError('--popularity_window_hours must be positive')
   if opts.side_input_refresh_minutes <= 0:
     raise UsageError('--side_input_refresh_minutes must be positive')
   if opts.identity_buffer_hours <= 0:

@@ -8,14 +8,16 @@ import apache_beam as beam
 from apache_beam.pvalue import AsDict, AsSingleton
 
 from transforms import metrics
-from transforms.live_profiles import (DEFAULT_IDENTITY_BUFFER_HOURS, DEFAULT_REFRESH_MINUTES,
-                                      FoldLive, StitchLive)
+from transforms.live_profiles import (DEFAULT_IDENTITY_BUFFER_HOURS,
+                                      DEFAULT_POPULARITY_WINDOW_HOURS, DEFAULT_REFRESH_MINUTES,
+                                      FoldLive, LivePopularity, StitchLive)
 from transforms.rules import identity, profile, serving
 
 
 class ProfileOutputs(typing.NamedTuple):
-  documents: beam.PCollection  # (customer_id, document or None)
-  triggers: beam.PCollection   # cart trigger records (schemas/cart_triggers.avsc)
+  documents: beam.PCollection   # (customer_id, document or None)
+  triggers: beam.PCollection    # cart trigger records (schemas/cart_triggers.avsc)
+  popularity: beam.PCollection  # streaming: (product_id, popularity document); batch: empty
 
 
 def _links(event):
@@ -140,15 +142,21 @@ class BuildProfiles(beam.PTransform):
   Streaming (transforms/live_profiles.py): anonymous events stitched with a replay buffer,
   per-customer state, documents rendered at processing time per burst and when a cart becomes
   abandoned; the CRM and catalog are re-read from `customers_pattern` / `catalog_pattern` every
-  `refresh_minutes` (transforms/reference_data.py); no product popularity yet.
+  `refresh_minutes` (transforms/reference_data.py), and so is product popularity, which this
+  transform counts over a sliding window (`popularity` output) and the graph writes to the
+  `popularity_source` collection.
   """
 
   def __init__(self, streaming: bool = False, settings: profile.Settings = profile.Settings(),
                customers=None, catalog=None, as_of_micros: int | None = None,
                identity_buffer_hours: float = DEFAULT_IDENTITY_BUFFER_HOURS,
                customers_pattern: str | None = None, catalog_pattern: str | None = None,
-               refresh_minutes: float = DEFAULT_REFRESH_MINUTES):
+               refresh_minutes: float = DEFAULT_REFRESH_MINUTES,
+               popularity_source: tuple[str, str, str] | None = None,
+               popularity_window_hours: float = DEFAULT_POPULARITY_WINDOW_HOURS):
     super().__init__()
+    self._popularity_source = popularity_source
+    self._popularity_window_hours = popularity_window_hours
     self._identity_buffer_hours = identity_buffer_hours
     self._patterns = (customers_pattern, catalog_pattern)
     self._refresh_minutes = refresh_minutes
@@ -160,12 +168,12 @@ class BuildProfiles(beam.PTransform):
 
   def expand(self, events):
     if self._streaming:
-      live = (events
-              | 'StitchLive' >> StitchLive(self._identity_buffer_hours)
-              | 'FoldLive' >> FoldLive(self._settings, customers=self._patterns[0],
-                                       catalog=self._patterns[1],
-                                       refresh_minutes=self._refresh_minutes))
-      return ProfileOutputs(live.documents, live.triggers)
+      attributed = events | 'StitchLive' >> StitchLive(self._identity_buffer_hours)
+      live = attributed | 'FoldLive' >> FoldLive(
+          self._settings, customers=self._patterns[0], catalog=self._patterns[1],
+          refresh_minutes=self._refresh_minutes, popularity=self._popularity_source)
+      popularity = attributed | 'LivePopularity' >> LivePopularity(self._popularity_window_hours)
+      return ProfileOutputs(live.documents, live.triggers, popularity)
     pipeline = events.pipeline
     customers = self._customers if self._customers is not None else (
         pipeline | 'NoCustomers' >> beam.Create([]))
@@ -189,4 +197,5 @@ class BuildProfiles(beam.PTransform):
                catalog=AsDict(catalog_by_id),
                recommender=AsSingleton(recommender),
                reference_time=AsSingleton(reference)).with_outputs('triggers', main='documents'))
-    return ProfileOutputs(out.documents, out.triggers)
+    return ProfileOutputs(out.documents, out.triggers,
+                          pipeline | 'NoLivePopularity' >> beam.Create([]))

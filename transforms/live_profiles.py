@@ -21,6 +21,7 @@ from transforms.rules import profile, serving
 DEFAULT_IDENTITY_BUFFER_HOURS = 24
 DEFAULT_FLUSH_SECONDS = 0.5
 DEFAULT_REFRESH_MINUTES = 60
+DEFAULT_POPULARITY_WINDOW_HOURS = 24
 _MICROS = 1_000_000
 
 
@@ -111,7 +112,9 @@ class _FoldLiveFn(beam.DoFn):
 
   def __init__(self, settings: profile.Settings, flush_seconds: float,
                customers: str | None = None, catalog: str | None = None,
-               refresh_minutes: float = DEFAULT_REFRESH_MINUTES):
+               refresh_minutes: float = DEFAULT_REFRESH_MINUTES,
+               popularity: tuple[str, str, str] | None = None):
+    self._popularity = popularity
     self._settings = settings
     self._flush = Duration(seconds=flush_seconds)
     self._customers = customers
@@ -152,7 +155,8 @@ class _FoldLiveFn(beam.DoFn):
   def _emit(self, customer_id, state, triggered, now: int):
     if state is None:
       return
-    data = reference_data.current(self._customers, self._catalog, self._refresh_minutes)
+    data = reference_data.current(self._customers, self._catalog, self._refresh_minutes,
+                                  self._popularity)
     document = profile.render(state, now, data.customers.get(customer_id), data.catalog,
                               data.recommender, self._settings)
     if document is None:
@@ -169,13 +173,16 @@ class FoldLive(beam.PTransform):
   """Input: `(customer_id, event)` pairs. Output: a tuple with `documents` (`(customer_id,
   document or None)`, at most one per customer per `flush_seconds` burst, plus one when the cart
   becomes abandoned) and `triggers` (one per abandoned cart). `customers` and `catalog` are the
-  file patterns of the CRM export and catalog (transforms/reference_data.py: re-read every
+  file patterns of the CRM export and catalog, `popularity` the (project, database, collection)
+  of the product popularity documents (transforms/reference_data.py: all re-read every
   `refresh_minutes`)."""
 
   def __init__(self, settings: profile.Settings = profile.Settings(),
                flush_seconds: float = DEFAULT_FLUSH_SECONDS, customers: str | None = None,
-               catalog: str | None = None, refresh_minutes: float = DEFAULT_REFRESH_MINUTES):
+               catalog: str | None = None, refresh_minutes: float = DEFAULT_REFRESH_MINUTES,
+               popularity: tuple[str, str, str] | None = None):
     super().__init__()
+    self._popularity = popularity
     if flush_seconds < 0:
       raise ValueError(f'flush_seconds must be >= 0, got {flush_seconds}')
     if refresh_minutes <= 0:
@@ -191,5 +198,72 @@ class FoldLive(beam.PTransform):
             | 'TypedKeys' >> beam.Map(lambda kv: kv).with_output_types(tuple[str, dict])
             | 'FoldInState' >> beam.ParDo(_FoldLiveFn(
                 self._settings, self._flush_seconds, self._customers, self._catalog,
-                self._refresh_minutes))
+                self._refresh_minutes, self._popularity))
             .with_outputs('triggers', main='documents'))
+
+
+def _interactions(element):
+  customer_id, event = element
+  for product_id in profile.interacted_products(event):
+    yield product_id, (customer_id, event['event_time'])
+
+
+class _PopularityFn(beam.DoFn):
+  """Keyed by product. Keeps each customer's newest interaction time; the product's popularity
+  is the number of customers whose newest interaction is within `window` of now. Emits
+  `(product_id, count)` at most once per `flush_seconds` burst and again when the oldest
+  interaction leaves the window."""
+  SEEN = ReadModifyWriteStateSpec('seen', coders.PickleCoder())
+  FLUSH = TimerSpec('flush', TimeDomain.REAL_TIME)
+
+  def __init__(self, window_hours: float, flush_seconds: float):
+    self._window = int(window_hours * 3600 * _MICROS)
+    self._flush = Duration(seconds=flush_seconds)
+
+  def process(self, element, seen=beam.DoFn.StateParam(SEEN),
+              flush=beam.DoFn.TimerParam(FLUSH)):
+    _, (customer_id, at) = element
+    customers = seen.read() or {}
+    customers[customer_id] = max(at, customers.get(customer_id, at))
+    seen.write(customers)
+    flush.set(Timestamp.now() + self._flush)
+
+  @on_timer(FLUSH)
+  def on_flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+               seen=beam.DoFn.StateParam(SEEN), flush=beam.DoFn.TimerParam(FLUSH)):
+    horizon = fired.micros - self._window
+    customers = {c: at for c, at in (seen.read() or {}).items() if at >= horizon}
+    if customers:
+      seen.write(customers)
+      # Come back when the oldest interaction leaves the window, to emit the lower count.
+      flush.set(Timestamp(micros=min(customers.values()) + self._window + 1))
+    else:
+      seen.clear()
+    yield key, len(customers)
+
+
+def popularity_document(product_id: str, customers: int) -> tuple[str, dict]:
+  return product_id, {'product_id': product_id, 'customers': customers, 'last_event_at': None}
+
+
+class LivePopularity(beam.PTransform):
+  """Product popularity over a sliding window of `window_hours`: distinct customers who viewed,
+  added or bought each product. Input: `(customer_id, event)` pairs. Output: `(product_id,
+  document)` pairs for the popularity collection (`{product_id, customers}`), which the streaming
+  fold reads back with the CRM and catalog (transforms/reference_data.py)."""
+
+  def __init__(self, window_hours: float = DEFAULT_POPULARITY_WINDOW_HOURS,
+               flush_seconds: float = 1.0):
+    super().__init__()
+    if window_hours <= 0:
+      raise ValueError(f'window_hours must be positive, got {window_hours}')
+    self._window_hours = window_hours
+    self._flush_seconds = flush_seconds
+
+  def expand(self, keyed):
+    return (keyed
+            | 'Interactions' >> beam.FlatMap(_interactions).with_output_types(
+                tuple[str, tuple[str, int]])
+            | 'CountCustomers' >> beam.ParDo(_PopularityFn(self._window_hours,
+                                                          self._flush_seconds))
+            | 'ToDocument' >> beam.MapTuple(popularity_document))

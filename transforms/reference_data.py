@@ -1,5 +1,6 @@
-"""Reference data (CRM export, product catalog) for the streaming fold, loaded once per worker
-process and re-read every `refresh_minutes`.
+"""Reference data for the streaming fold (CRM export, product catalog, and the product popularity
+the streaming job itself maintains in Firestore), loaded once per worker process and re-read every
+`refresh_minutes`.
 
 Why not Beam's slowly-changing side input pattern (PeriodicImpulse -> re-read -> AsSingleton):
 PeriodicImpulse is a splittable DoFn, and the local streaming runner (BundleBasedDirectRunner)
@@ -52,20 +53,37 @@ def read_records(pattern: str | None, parse: Callable) -> dict:
   return records
 
 
-def load(customers: str | None, catalog: str | None) -> ReferenceData:
+def read_popularity(source: tuple[str, str, str] | None) -> dict[str, int]:
+  """product_id -> customers, from the popularity collection the streaming job maintains
+  (transforms.live_profiles.LivePopularity); `source` is (project, database, collection)."""
+  if source is None:
+    return {}
+  from google.cloud import firestore  # honours FIRESTORE_EMULATOR_HOST
+  project, database, collection = source
+  client = firestore.Client(project=project, database=database)
+  try:
+    return {snapshot.id: int(snapshot.get('customers') or 0)
+            for snapshot in client.collection(collection).select(['customers']).stream()}
+  finally:
+    client.close()
+
+
+def load(customers: str | None, catalog: str | None,
+         popularity: tuple[str, str, str] | None = None) -> ReferenceData:
   crm = read_records(customers, reference.parse_customer)
   products = read_records(catalog, reference.parse_product)
-  # Streaming has no product popularity yet: the recommender ranks by product id alone.
-  return ReferenceData(crm, products, profile.Recommender(products, {}), time.monotonic())
+  ranking = read_popularity(popularity)
+  return ReferenceData(crm, products, profile.Recommender(products, ranking), time.monotonic())
 
 
-def current(customers: str | None, catalog: str | None, refresh_minutes: float) -> ReferenceData:
+def current(customers: str | None, catalog: str | None, refresh_minutes: float,
+            popularity: tuple[str, str, str] | None = None) -> ReferenceData:
   """The process's reference data, re-read when older than `refresh_minutes`."""
-  key = (customers, catalog)
+  key = (customers, catalog, popularity)
   with _LOCK:
     data = _LOADED.get(key)
     if data is None or time.monotonic() - data.loaded_at >= refresh_minutes * 60:
-      data = load(customers, catalog)
+      data = load(customers, catalog, popularity)
       _LOADED[key] = data
       _log.info('reference data loaded: %d customers, %d products', len(data.customers),
                 len(data.catalog))

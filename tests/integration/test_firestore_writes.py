@@ -7,6 +7,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from google.cloud import firestore
 
 from tests.unit.beam_helpers import batch_pipeline
+from transforms import reference_data
 from transforms.sinks.firestore import WriteDocuments
 
 PROJECT = 'demo-local'
@@ -49,3 +50,16 @@ def test_more_than_one_commit_of_documents_and_invalid_ids_dead_lettered(local_s
     assert_that(out.dead_letter | beam.Map(lambda d: (d['failure_type'], d['step'])),
                 equal_to([('invalid_document_id', 'WriteDocuments')]), label='Dead')
   assert len(stored(unique_name)) == 1203
+
+
+def test_streaming_reference_data_reads_popularity_back(local_stack, unique_name, tmp_path):
+  db = firestore.Client(project=PROJECT)
+  for product_id, customers in (('p1', 1), ('p2', 7), ('p3', 3)):
+    db.collection(unique_name).document(product_id).set({'customers': customers})
+  catalog = tmp_path / 'catalog.csv'
+  catalog.write_text('product_id,sku,name,category,brand,price,currency,in_stock,url,image_url\n'
+                     'p1,S,A,Shoes,B,1,USD,true,u,i\np2,S,B,Shoes,B,1,USD,true,u,i\n'
+                     'p3,S,C,Hats,B,1,USD,true,u,i\n')
+  data = reference_data.load(None, str(catalog), (PROJECT, '(default)', unique_name))
+  assert [r['product_id'] for r in data.recommender.recommend(['Shoes'], set())] == [
+      'p2', 'p1', 'p3']

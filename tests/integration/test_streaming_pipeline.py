@@ -46,7 +46,8 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
   result, _ = run.launch([
       '--streaming', f'--subscription={subscription}', f'--project={PROJECT}',
       '--runner=BundleBasedDirectRunner', f'--dataset={unique_name}',
-      f'--collection={unique_name}', f'--events={backfill}'])
+      f'--collection={unique_name}', f'--events={backfill}',
+      f'--popularity_collection={unique_name}-popularity'])
   try:
     good = [_event(i, f'c{i % 3}') for i in range(30)]
     messages = good + good[:5] + [b'{"type": "track", "messageId": "bad-1"', b'not json']
@@ -81,6 +82,16 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
     assert sorted(d['failure_type'] for d in dead) == ['invalid_json', 'invalid_json']
     assert all(d['source'] == 'pubsub' and d['attributes'] == {'origin': 'test'} for d in dead)
     assert len(docs) == 4
+    # Product popularity kept by the streaming job: each product viewed by one customer, except
+    # p10 (c1 live and c9 from the backfill file).
+
+    def popularity():
+      counts = {d.id: d.to_dict()['customers']
+                for d in db.collection(f'{unique_name}-popularity').stream()}
+      return counts if len(counts) == 15 and counts.get('p10') == 2 else None
+
+    counts = _wait_for(popularity, 60, 'popularity of 15 products')
+    assert counts == {f'p{k}': 2 if k == 10 else 1 for k in range(15)}
   finally:
     _stop(result, topic)
   assert str(result.state).endswith('CANCELLED')

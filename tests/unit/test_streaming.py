@@ -18,7 +18,7 @@ from apache_beam.utils.timestamp import Timestamp
 import schemas
 from transforms.dedupe import DedupeEvents
 from transforms.features import BuildProfiles
-from transforms.live_profiles import FoldLive, StitchLive
+from transforms.live_profiles import FoldLive, LivePopularity, StitchLive
 from transforms.rules import profile
 from transforms.sources import ReadEventFiles
 from transforms.windows import AssignEventTime, HourlyActivity
@@ -245,3 +245,25 @@ def _enrichment_view(customer, doc):
     return customer, None
   return customer, (doc['first_name'], doc['loyalty_tier'], doc['recently_viewed'][0]['name'],
                     [r['product_id'] for r in doc['recommendations']])
+
+
+def test_live_popularity_counts_distinct_customers_in_the_window_and_decays():
+  now = time.time()
+  recent = (now - BASE.timestamp()) / 60
+
+  def interaction(customer, product, name='Product Viewed'):
+    return customer, {**event(f'{customer}-{product}-{name}', recent, name, user=customer),
+                      'product_id': product}
+
+  stream = (TestStream()
+            .advance_processing_time(int(now))
+            .add_elements([interaction('c1', 'pa'), interaction('c2', 'pa'),
+                           interaction('c1', 'pa', 'Product Added'), interaction('c3', 'pb'),
+                           interaction('c3', 'pb', 'Product Removed')])  # not an interest
+            .advance_processing_time(30)          # flushed: pa by 2 customers, pb by 1
+            .advance_processing_time(2 * 3600)    # the window (1 h) has passed: both decay to 0
+            .advance_watermark_to_infinity())
+  with streaming_pipeline() as p:
+    counts = (p | stream | LivePopularity(window_hours=1)
+              | beam.MapTuple(lambda product_id, doc: (product_id, doc['customers'])))
+    assert_that(counts, distinct_equal_to([('pa', 2), ('pb', 1), ('pa', 0), ('pb', 0)]))
