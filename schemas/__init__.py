@@ -53,6 +53,17 @@ def segment_event_validator() -> Callable[[Any], Any]:
   return fastjsonschema.compile(segment_event_schema())
 
 
+@functools.cache
+def customer_document_schema() -> dict:
+  """The serving document contract (customers/{customer_id})."""
+  return json.loads((SCHEMA_DIR / 'customer_document.schema.json').read_text())
+
+
+def served_document_fields() -> tuple[str, ...]:
+  """The top-level fields the ESP connector returns, in contract order."""
+  return tuple(customer_document_schema()['served'])
+
+
 def supported_event_types() -> tuple[str, ...]:
   return tuple(segment_event_schema()['properties']['type']['enum'])
 

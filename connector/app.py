@@ -1,0 +1,168 @@
+"""The send-time personalization API (ASGI, FastAPI).
+
+    GET  /v1/customers/{customer_id}/personalization[?fields=a,b&limit_recommendations=N]
+    POST /v1/personalization:batchGet        {"customer_ids": [...]}   (at most 100)
+    GET  /healthz   GET /readyz   GET /metrics
+
+Every /v1 endpoint needs an API key (`Authorization: Bearer KEY` or `X-API-Key: KEY`), checked
+before anything is looked up, so a 401 never says whether a customer exists. Unknown and
+suppressed customers are 404 with a small JSON body (an ESP renders its fallback content).
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+
+import orjson
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import generate_latest
+
+from connector import shaping
+from connector.config import Settings
+from connector.store import DocumentStore, TtlCache
+
+MAX_BODY_BYTES = 64 * 1024
+_log = logging.getLogger('connector.access')
+
+
+def _json(status: int, body, headers: dict | None = None) -> Response:
+  return Response(content=orjson.dumps(body), status_code=status, media_type='application/json',
+                  headers=headers)
+
+
+def create_app(settings: Settings, store: DocumentStore | None = None) -> FastAPI:
+  store = store or DocumentStore(settings.project, settings.database, settings.collection)
+  cache = TtlCache(settings.cache_ttl_seconds)
+  keys = tuple(k.encode() for k in settings.api_keys)
+  registry = CollectorRegistry()
+  requests = Counter('connector_requests', 'Requests by endpoint and status',
+                     ['endpoint', 'status'], registry=registry)
+  latency = Histogram('connector_request_seconds', 'Request latency by endpoint', ['endpoint'],
+                      buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5),
+                      registry=registry)
+  cache_lookups = Counter('connector_cache_lookups', 'Document cache lookups by result',
+                          ['result'], registry=registry)
+  cache_control = f'private, max-age={int(settings.cache_ttl_seconds)}'
+
+  app = FastAPI(title='ESP personalization connector', docs_url=None, redoc_url=None,
+                openapi_url='/openapi.json')
+
+  @app.middleware('http')
+  async def observe(request: Request, call_next):
+    started = time.perf_counter()
+    route = request.scope.get('route')
+    response = await call_next(request)
+    route = request.scope.get('route') or route
+    endpoint = getattr(route, 'path', 'unmatched')
+    elapsed = time.perf_counter() - started
+    requests.labels(endpoint, str(response.status_code)).inc()
+    latency.labels(endpoint).observe(elapsed)
+    if endpoint not in ('/healthz', '/metrics'):
+      _log.info('request', extra={'method': request.method, 'endpoint': endpoint,
+                                  'status': response.status_code,
+                                  'duration_ms': round(elapsed * 1000, 2)})
+    return response
+
+  def authorized(request: Request) -> bool:
+    header = request.headers.get('authorization', '')
+    offered = header[7:].strip() if header[:7].lower() == 'bearer ' else request.headers.get(
+        'x-api-key', '')
+    offered = offered.encode()
+    # Compare against every key (no early exit), each in constant time.
+    matches = [hmac.compare_digest(offered, key) for key in keys]
+    return bool(offered) and any(matches)
+
+  def unauthorized() -> Response:
+    return _json(401, {'error': 'unauthorized'}, {'WWW-Authenticate': 'Bearer'})
+
+  async def lookup(ids: list[str]) -> dict[str, dict | None]:
+    found, missing = {}, []
+    for customer_id in ids:
+      hit, value = cache.get(customer_id)
+      cache_lookups.labels('hit' if hit else 'miss').inc()
+      if hit:
+        found[customer_id] = value
+      else:
+        missing.append(customer_id)
+    if missing:
+      fetched = await store.get_many(missing)
+      for customer_id, document in fetched.items():
+        cache.put(customer_id, document)
+        found[customer_id] = document
+    return found
+
+  @app.get('/v1/customers/{customer_id}/personalization')
+  async def personalization(request: Request, customer_id: str, fields: str | None = None,
+                            limit_recommendations: int | None = Query(None, ge=0, le=100)):
+    if not authorized(request):
+      return unauthorized()
+    try:
+      shaping.check_customer_id(customer_id)
+      wanted = shaping.parse_fields(fields)
+    except shaping.BadRequest as err:
+      return _json(400, {'error': 'bad_request', 'message': str(err)})
+    document = (await lookup([customer_id]))[customer_id]
+    if document is None:
+      return _json(404, {'error': 'not_found'}, {'Cache-Control': cache_control})
+    body = shaping.render(shaping.shape(document, wanted, limit_recommendations))
+    tag = shaping.etag(body)
+    headers = {'ETag': tag, 'Cache-Control': cache_control}
+    if tag in [t.strip() for t in request.headers.get('if-none-match', '').split(',')]:
+      return Response(status_code=304, headers=headers)
+    return Response(content=body, media_type='application/json', headers=headers)
+
+  @app.post('/v1/personalization:batchGet')
+  async def batch_get(request: Request):
+    if not authorized(request):
+      return unauthorized()
+    declared = request.headers.get('content-length')
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
+      return _json(413, {'error': 'payload_too_large', 'message': f'at most {MAX_BODY_BYTES} bytes'})
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+      return _json(413, {'error': 'payload_too_large', 'message': f'at most {MAX_BODY_BYTES} bytes'})
+    try:
+      body = orjson.loads(raw)
+      ids = body.get('customer_ids') if isinstance(body, dict) else None
+      if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise shaping.BadRequest('body must be {"customer_ids": ["id", ...]}')
+      if not 1 <= len(ids) <= settings.max_batch:
+        raise shaping.BadRequest(f'customer_ids must hold 1 to {settings.max_batch} ids')
+      ids = list(dict.fromkeys(ids))
+      for customer_id in ids:
+        shaping.check_customer_id(customer_id)
+      wanted = shaping.parse_fields(request.query_params.get('fields'))
+    except orjson.JSONDecodeError:
+      return _json(400, {'error': 'bad_request', 'message': 'body is not JSON'})
+    except shaping.BadRequest as err:
+      return _json(400, {'error': 'bad_request', 'message': str(err)})
+    found = await lookup(ids)
+    return _json(200, {
+        'customers': {i: shaping.shape(d, wanted) for i, d in found.items() if d is not None},
+        'not_found': [i for i, d in found.items() if d is None]})
+
+  @app.get('/healthz')
+  async def healthz():
+    return _json(200, {'status': 'ok'})
+
+  @app.get('/readyz')
+  async def readyz():
+    try:
+      await store.ping()
+    except Exception as err:  # any failure to reach Firestore means not ready; say which
+      return _json(503, {'status': 'unavailable', 'reason': type(err).__name__})
+    return _json(200, {'status': 'ready'})
+
+  @app.get('/metrics')
+  async def metrics():
+    return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+  @app.on_event('shutdown')
+  async def close():
+    await store.close()
+
+  app.state.cache = cache
+  return app

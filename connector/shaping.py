@@ -1,0 +1,70 @@
+"""Serving documents shaped for merge tags. Pure functions.
+
+Only the contract's served fields (schemas/customer_document.schema.json) leave the connector,
+times as ISO-8601 strings; `fields` projects, `limit_recommendations` trims.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Any, Iterable
+
+import orjson
+
+import schemas
+
+MAX_ID_LENGTH = 256
+
+
+class BadRequest(ValueError):
+  """A request the connector refuses with 400, with a message safe to return."""
+
+
+def served_fields() -> tuple[str, ...]:
+  return schemas.served_document_fields()
+
+
+def parse_fields(raw: str | None) -> tuple[str, ...]:
+  """`?fields=a,b` -> the requested served fields (all when absent)."""
+  if raw is None or not raw.strip():
+    return served_fields()
+  requested = tuple(dict.fromkeys(f.strip() for f in raw.split(',') if f.strip()))
+  unknown = [f for f in requested if f not in served_fields()]
+  if unknown:
+    raise BadRequest(f'unknown field(s): {", ".join(sorted(unknown))[:200]}')
+  if 'customer_id' not in requested:
+    requested = ('customer_id',) + requested
+  return requested
+
+
+def check_customer_id(customer_id: str) -> None:
+  if not customer_id or len(customer_id) > MAX_ID_LENGTH:
+    raise BadRequest(f'customer id must be 1 to {MAX_ID_LENGTH} characters')
+  if '/' in customer_id or customer_id in ('.', '..') or not customer_id.isprintable():
+    raise BadRequest('customer id contains characters that cannot name a customer')
+
+
+def _plain(value: Any) -> Any:
+  if isinstance(value, dt.datetime):
+    return value.astimezone(dt.timezone.utc).isoformat().replace('+00:00', 'Z')
+  if isinstance(value, dict):
+    return {k: _plain(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_plain(v) for v in value]
+  return value
+
+
+def shape(document: dict, fields: Iterable[str], limit_recommendations: int | None = None) -> dict:
+  """The response object for one stored document."""
+  shaped = {name: _plain(document.get(name)) for name in fields}
+  if limit_recommendations is not None and isinstance(shaped.get('recommendations'), list):
+    shaped['recommendations'] = shaped['recommendations'][:limit_recommendations]
+  return shaped
+
+
+def render(body: Any) -> bytes:
+  return orjson.dumps(body)
+
+
+def etag(body: bytes) -> str:
+  return '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
