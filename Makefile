@@ -8,14 +8,14 @@ DATA ?= data/sample
 STACK_STATE ?= .localstack/demo
 STACK := $(PY) -m scripts.localstack --state-dir $(STACK_STATE)
 
-.PHONY: venv demo stop status data run test test-unit bench clean
+.PHONY: venv demo stop status data run test test-unit bench bench-connector serve clean
 
 venv: $(VENV)/.installed $(BQ_VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt setup.py
+$(VENV)/.installed: requirements.txt requirements-dev.txt connector/requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r connector/requirements.txt
 	$(PY) -m pip check
 	@touch $@
 
@@ -56,6 +56,13 @@ test-unit: venv
 
 bench: venv
 	$(PY) -m bench.throughput
+
+bench-connector: venv
+	$(PY) -m bench.connector_load
+
+## serve: the ESP connector on the running local stack (CONNECTOR_API_KEYS must be set).
+serve: venv
+	eval "$$($(STACK) env)" && CONNECTOR_PROJECT=demo-local $(PY) -m connector
 
 clean: stop
 	rm -rf $(VENV) $(BQ_VENV) .localstack data build *.egg-info

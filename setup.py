@@ -10,8 +10,8 @@ import setuptools
 HERE = pathlib.Path(__file__).parent
 
 
-def _requirements():
-  lines = (HERE / 'requirements.txt').read_text().splitlines()
+def _requirements(name: str = 'requirements.txt'):
+  lines = (HERE / name).read_text().splitlines()
   return [line.strip() for line in lines if line.strip() and not line.startswith('#')]
 
 
@@ -25,4 +25,5 @@ setuptools.setup(
                  'schemas.*', 'connector', 'connector.*']),
     package_data={'schemas': ['*.json', '*.avsc']},
     install_requires=_requirements(),
+    extras_require={'connector': _requirements('connector/requirements.txt')},
 )

@@ -22,7 +22,7 @@ from prometheus_client import generate_latest
 
 from connector import shaping
 from connector.config import Settings
-from connector.store import DocumentStore, TtlCache
+from connector.store import DocumentStore, StoreUnavailable, TtlCache
 
 MAX_BODY_BYTES = 64 * 1024
 _log = logging.getLogger('connector.access')
@@ -33,7 +33,7 @@ def _json(status: int, body, headers: dict | None = None) -> Response:
                   headers=headers)
 
 
-def create_app(settings: Settings, store: DocumentStore | None = None) -> FastAPI:
+def create_app(settings: Settings, store: DocumentStore | None = None):
   store = store or DocumentStore(settings.project, settings.database, settings.collection)
   cache = TtlCache(settings.cache_ttl_seconds)
   keys = tuple(k.encode() for k in settings.api_keys)
@@ -50,22 +50,6 @@ def create_app(settings: Settings, store: DocumentStore | None = None) -> FastAP
   app = FastAPI(title='ESP personalization connector', docs_url=None, redoc_url=None,
                 openapi_url='/openapi.json')
 
-  @app.middleware('http')
-  async def observe(request: Request, call_next):
-    started = time.perf_counter()
-    route = request.scope.get('route')
-    response = await call_next(request)
-    route = request.scope.get('route') or route
-    endpoint = getattr(route, 'path', 'unmatched')
-    elapsed = time.perf_counter() - started
-    requests.labels(endpoint, str(response.status_code)).inc()
-    latency.labels(endpoint).observe(elapsed)
-    if endpoint not in ('/healthz', '/metrics'):
-      _log.info('request', extra={'method': request.method, 'endpoint': endpoint,
-                                  'status': response.status_code,
-                                  'duration_ms': round(elapsed * 1000, 2)})
-    return response
-
   def authorized(request: Request) -> bool:
     header = request.headers.get('authorization', '')
     offered = header[7:].strip() if header[:7].lower() == 'bearer ' else request.headers.get(
@@ -77,6 +61,9 @@ def create_app(settings: Settings, store: DocumentStore | None = None) -> FastAP
 
   def unauthorized() -> Response:
     return _json(401, {'error': 'unauthorized'}, {'WWW-Authenticate': 'Bearer'})
+
+  def unavailable() -> Response:
+    return _json(503, {'error': 'unavailable'}, {'Retry-After': '1'})
 
   async def lookup(ids: list[str]) -> dict[str, dict | None]:
     found, missing = {}, []
@@ -104,7 +91,11 @@ def create_app(settings: Settings, store: DocumentStore | None = None) -> FastAP
       wanted = shaping.parse_fields(fields)
     except shaping.BadRequest as err:
       return _json(400, {'error': 'bad_request', 'message': str(err)})
-    document = (await lookup([customer_id]))[customer_id]
+    try:
+      document = (await lookup([customer_id]))[customer_id]
+    except StoreUnavailable as err:
+      logging.getLogger('connector').warning('lookup failed: %s', err)
+      return unavailable()
     if document is None:
       return _json(404, {'error': 'not_found'}, {'Cache-Control': cache_control})
     body = shaping.render(shaping.shape(document, wanted, limit_recommendations))
@@ -139,7 +130,11 @@ def create_app(settings: Settings, store: DocumentStore | None = None) -> FastAP
       return _json(400, {'error': 'bad_request', 'message': 'body is not JSON'})
     except shaping.BadRequest as err:
       return _json(400, {'error': 'bad_request', 'message': str(err)})
-    found = await lookup(ids)
+    try:
+      found = await lookup(ids)
+    except StoreUnavailable as err:
+      logging.getLogger('connector').warning('lookup failed: %s', err)
+      return unavailable()
     return _json(200, {
         'customers': {i: shaping.shape(d, wanted) for i, d in found.items() if d is not None},
         'not_found': [i for i, d in found.items() if d is None]})
@@ -165,4 +160,38 @@ def create_app(settings: Settings, store: DocumentStore | None = None) -> FastAP
     await store.close()
 
   app.state.cache = cache
-  return app
+  return _Observed(app, requests, latency)
+
+
+class _Observed:
+  """Pure ASGI wrapper around the app (Starlette's BaseHTTPMiddleware costs a task per request):
+  request counts, the latency histogram and one JSON access-log line per API request. Routing
+  sets scope['route'] in place, so the endpoint template is known once the app has answered."""
+
+  def __init__(self, app: FastAPI, requests: Counter, latency: Histogram):
+    self.app = app
+    self._requests = requests
+    self._latency = latency
+
+  async def __call__(self, scope, receive, send):
+    if scope['type'] != 'http':
+      return await self.app(scope, receive, send)
+    started = time.perf_counter()
+    status = 500
+
+    async def sending(message):
+      nonlocal status
+      if message['type'] == 'http.response.start':
+        status = message['status']
+      await send(message)
+
+    try:
+      await self.app(scope, receive, sending)
+    finally:
+      endpoint = getattr(scope.get('route'), 'path', 'unmatched')
+      elapsed = time.perf_counter() - started
+      self._requests.labels(endpoint, str(status)).inc()
+      self._latency.labels(endpoint).observe(elapsed)
+      if endpoint not in ('/healthz', '/metrics'):
+        _log.info('request', extra={'method': scope['method'], 'endpoint': endpoint,
+                                    'status': status, 'duration_ms': round(elapsed * 1000, 2)})
