@@ -30,6 +30,7 @@ $(BQ_VENV)/.installed: scripts/requirements-bqemulator.txt scripts/install_duckd
 ## The emulators keep data in memory: restarting them makes every demo start from empty tables
 ## (a batch re-run over the same files would otherwise append the same events again).
 demo: venv
+	$(PY) -m scripts.demo_connector stop --state-dir $(STACK_STATE)
 	$(STACK) stop
 	$(STACK) start
 	$(PY) -m scripts.generate_data --out $(DATA)
@@ -39,10 +40,11 @@ demo: venv
 	  --customers=$(DATA)/customers.csv --catalog=$(DATA)/catalog.csv \
 	  --temp_location=$(CURDIR)/.localstack/tmp
 	eval "$$($(STACK) env)" && $(PY) -m scripts.show --project=demo-local
-	@echo "The local stack is still running: 'make stop' stops it; '$(STACK) env' prints its environment."
+	eval "$$($(STACK) env)" && $(PY) -m scripts.demo_connector start --state-dir $(STACK_STATE)
+	@echo "The local stack and the connector are still running: 'make stop' stops them; '$(STACK) env' prints the stack's environment."
 
 stop:
-	@if [ -x $(PY) ]; then $(STACK) stop; else echo "nothing to stop (no $(VENV))"; fi
+	@if [ -x $(PY) ]; then $(PY) -m scripts.demo_connector stop --state-dir $(STACK_STATE); $(STACK) stop; else echo "nothing to stop (no $(VENV))"; fi
 
 status:
 	$(STACK) status

@@ -1,0 +1,107 @@
+"""Starts the ESP connector next to the demo stack and shows a real call to it.
+
+    python -m scripts.demo_connector start --state-dir .localstack/demo [--customer ID]
+    python -m scripts.demo_connector stop  --state-dir .localstack/demo
+
+`start` makes a random API key for this demo (kept in the state dir, never in the repo), starts
+`python -m connector` in the background on a free port, waits for /readyz, then prints a curl
+command for one customer and the response it gets. `stop` ends exactly that process.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import secrets
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+from google.cloud import firestore
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def start(state_dir: pathlib.Path, project: str, collection: str, customer: str | None) -> int:
+  stop(state_dir)
+  key = secrets.token_urlsafe(24)
+  (state_dir / 'connector.key').write_text(key + '\n')
+  os.chmod(state_dir / 'connector.key', 0o600)
+  port = _free_port()
+  log = open(state_dir / 'connector.log', 'ab')
+  process = subprocess.Popen(
+      [sys.executable, '-m', 'connector'], stdout=log, stderr=subprocess.STDOUT,
+      stdin=subprocess.DEVNULL, start_new_session=True,
+      env={**os.environ, 'CONNECTOR_PROJECT': project, 'CONNECTOR_COLLECTION': collection,
+           'CONNECTOR_API_KEYS_FILE': str(state_dir / 'connector.key'),
+           'CONNECTOR_PORT': str(port)})
+  (state_dir / 'connector.json').write_text(json.dumps({'pid': process.pid, 'port': port}))
+  base = f'http://127.0.0.1:{port}'
+  deadline = time.monotonic() + 30
+  while True:
+    try:
+      if httpx.get(base + '/readyz', timeout=1).status_code == 200:
+        break
+    except httpx.TransportError:
+      pass
+    if process.poll() is not None or time.monotonic() > deadline:
+      print(f'the connector did not start; see {state_dir / "connector.log"}', file=sys.stderr)
+      return 1
+    time.sleep(0.2)
+  if customer is None:
+    docs = list(firestore.Client(project=project).collection(collection)
+                .order_by('last_event_at', direction='DESCENDING').limit(1).stream())
+    customer = docs[0].id if docs else 'unknown'
+  url = f'{base}/v1/customers/{customer}/personalization?fields=first_name,cart,recommendations'
+  command = (f'curl -s -H "Authorization: Bearer $(cat {shlex.quote(str(state_dir))}'
+             f'/connector.key)" {shlex.quote(url)}')
+  reply = httpx.get(url, headers={'Authorization': f'Bearer {key}'}, timeout=10)
+  print(f'\nThe ESP connector is running on {base} (pid {process.pid}; docs/CONNECTOR.md).')
+  print(f'$ {command}')
+  print(json.dumps(reply.json(), indent=2, ensure_ascii=False))
+  print(f'(HTTP {reply.status_code}, ETag {reply.headers.get("etag")})')
+  return 0
+
+
+def stop(state_dir: pathlib.Path) -> None:
+  record = state_dir / 'connector.json'
+  if not record.exists():
+    return
+  pid = json.loads(record.read_text())['pid']
+  try:
+    cmdline = pathlib.Path(f'/proc/{pid}/cmdline').read_bytes()
+  except FileNotFoundError:
+    cmdline = b''
+  if b'connector' in cmdline:  # still our process, not a reused pid
+    os.killpg(pid, signal.SIGTERM)
+    print(f'connector (pid {pid}) stopped', file=sys.stderr)
+  record.unlink()
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('action', choices=('start', 'stop'))
+  parser.add_argument('--state-dir', default='.localstack/demo')
+  parser.add_argument('--project', default='demo-local')
+  parser.add_argument('--collection', default='customers')
+  parser.add_argument('--customer', default=None)
+  args = parser.parse_args(argv)
+  state_dir = pathlib.Path(args.state_dir)
+  state_dir.mkdir(parents=True, exist_ok=True)
+  if args.action == 'stop':
+    stop(state_dir)
+    return 0
+  return start(state_dir, args.project, args.collection, args.customer)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
