@@ -21,6 +21,8 @@ import json
 import os
 import pathlib
 import random
+import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   project, collection = 'demo-local', 'customers'
   state_dir = pathlib.Path(tempfile.mkdtemp(prefix='bench-stack-'))
+  # A SIGTERM (e.g. from `timeout`) must still stop what this run started.
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
   env = localstack.start(state_dir)
   server = None
   try:
@@ -165,6 +169,7 @@ def main(argv=None) -> int:
       server.terminate()
       server.wait(timeout=10)
     localstack.stop(state_dir)
+    shutil.rmtree(state_dir, ignore_errors=True)
   hits = sum(float(line.split()[-1]) for line in metrics.splitlines()
              if line.startswith('connector_cache_lookups_total{result="hit"}'))
   lookups = sum(float(line.split()[-1]) for line in metrics.splitlines()
