@@ -23,7 +23,6 @@ import pathlib
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ import aiohttp
 import httpx
 from google.cloud import firestore
 
-from scripts import localstack
+from scripts import demo_connector, localstack
 
 KEY = 'bench-key-0123456789abcdef'
 
@@ -63,12 +62,6 @@ def seed(project: str, collection: str, count: int) -> list[str]:
           'engagement': {'last_email_open_at': now, 'last_email_click_at': None}})
     batch.commit()
   return ids
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 async def drive(base: str, paths: list[str], rate: float, seconds: float) -> dict:
@@ -134,7 +127,7 @@ def main(argv=None) -> int:
     os.environ.update(env)
     all_ids = seed(project, collection, args.customers + args.warmup_customers)
     ids, warm_ids = all_ids[:args.customers], all_ids[args.customers:]
-    port = free_port()
+    port = demo_connector.free_port()
     server = subprocess.Popen(
         [sys.executable, '-m', 'connector'],
         env={**os.environ, 'CONNECTOR_PROJECT': project, 'CONNECTOR_COLLECTION': collection,
@@ -142,16 +135,8 @@ def main(argv=None) -> int:
              'CONNECTOR_CACHE_TTL_SECONDS': '30'},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f'http://127.0.0.1:{port}'
-    deadline = time.monotonic() + 30
-    while True:
-      try:
-        if httpx.get(base + '/readyz', timeout=1).status_code == 200:
-          break
-      except httpx.TransportError:
-        pass
-      if time.monotonic() > deadline or server.poll() is not None:
-        raise SystemExit('the connector did not become ready')
-      time.sleep(0.2)
+    if not demo_connector.wait_ready(base, server):
+      raise SystemExit('the connector did not become ready')
     rng = random.Random(7)
     picks = [rng.choice(ids) if rng.random() > 0.05 else f'unknown{rng.randrange(10**6)}'
              for _ in range(int(args.rate * args.seconds))]

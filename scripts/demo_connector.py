@@ -25,10 +25,24 @@ import httpx
 from google.cloud import firestore
 
 
-def _free_port() -> int:
+def free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
+
+
+def wait_ready(base: str, process: subprocess.Popen, seconds: float = 30) -> bool:
+  """True once the connector at `base` answers /readyz; False if it exits or time runs out."""
+  deadline = time.monotonic() + seconds
+  while True:
+    try:
+      if httpx.get(base + '/readyz', timeout=1).status_code == 200:
+        return True
+    except httpx.TransportError:
+      pass
+    if process.poll() is not None or time.monotonic() > deadline:
+      return False
+    time.sleep(0.2)
 
 
 def start(state_dir: pathlib.Path, project: str, collection: str, customer: str | None) -> int:
@@ -36,7 +50,7 @@ def start(state_dir: pathlib.Path, project: str, collection: str, customer: str 
   key = secrets.token_urlsafe(24)
   (state_dir / 'connector.key').write_text(key + '\n')
   os.chmod(state_dir / 'connector.key', 0o600)
-  port = _free_port()
+  port = free_port()
   log = open(state_dir / 'connector.log', 'ab')
   process = subprocess.Popen(
       [sys.executable, '-m', 'connector'], stdout=log, stderr=subprocess.STDOUT,
@@ -46,17 +60,9 @@ def start(state_dir: pathlib.Path, project: str, collection: str, customer: str 
            'CONNECTOR_PORT': str(port)})
   (state_dir / 'connector.json').write_text(json.dumps({'pid': process.pid, 'port': port}))
   base = f'http://127.0.0.1:{port}'
-  deadline = time.monotonic() + 30
-  while True:
-    try:
-      if httpx.get(base + '/readyz', timeout=1).status_code == 200:
-        break
-    except httpx.TransportError:
-      pass
-    if process.poll() is not None or time.monotonic() > deadline:
-      print(f'the connector did not start; see {state_dir / "connector.log"}', file=sys.stderr)
-      return 1
-    time.sleep(0.2)
+  if not wait_ready(base, process):
+    print(f'the connector did not start; see {state_dir / "connector.log"}', file=sys.stderr)
+    return 1
   if customer is None:
     docs = list(firestore.Client(project=project).collection(collection)
                 .order_by('last_event_at', direction='DESCENDING').limit(1).stream())
