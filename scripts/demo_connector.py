@@ -51,13 +51,13 @@ def start(state_dir: pathlib.Path, project: str, collection: str, customer: str 
   (state_dir / 'connector.key').write_text(key + '\n')
   os.chmod(state_dir / 'connector.key', 0o600)
   port = free_port()
-  log = open(state_dir / 'connector.log', 'ab')
-  process = subprocess.Popen(
-      [sys.executable, '-m', 'connector'], stdout=log, stderr=subprocess.STDOUT,
-      stdin=subprocess.DEVNULL, start_new_session=True,
-      env={**os.environ, 'CONNECTOR_PROJECT': project, 'CONNECTOR_COLLECTION': collection,
-           'CONNECTOR_API_KEYS_FILE': str(state_dir / 'connector.key'),
-           'CONNECTOR_PORT': str(port)})
+  with open(state_dir / 'connector.log', 'ab') as log:  # the child keeps its own descriptor
+    process = subprocess.Popen(
+        [sys.executable, '-m', 'connector'], stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, 'CONNECTOR_PROJECT': project, 'CONNECTOR_COLLECTION': collection,
+             'CONNECTOR_API_KEYS_FILE': str(state_dir / 'connector.key'),
+             'CONNECTOR_PORT': str(port)})
   (state_dir / 'connector.json').write_text(json.dumps({'pid': process.pid, 'port': port}))
   base = f'http://127.0.0.1:{port}'
   if not wait_ready(base, process):
