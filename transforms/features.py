@@ -51,8 +51,8 @@ class StitchIdentities(beam.PTransform):
   any event in the input (earliest link wins). Anonymous events never linked produce nothing here
   (they are in the warehouse already) and are counted (`events_anonymous_unlinked`).
 
-  Batch only: the links come from the whole bounded input. The streaming graph keys events by
-  userId (stitching with a replay buffer is not built yet).
+  Batch only: the links come from the whole bounded input. Streaming stitches with a replay
+  buffer instead (transforms.live_profiles.StitchLive).
   """
 
   def expand(self, events):
