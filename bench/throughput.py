@@ -79,8 +79,7 @@ def ensure_input(workdir: pathlib.Path, count: int, seed: int) -> tuple[pathlib.
 
 def _read_reference(path: pathlib.Path, parse) -> list[dict]:
   records = []
-  for _, fields in reference.split_records(str(path), path.read_bytes()):
-    result = parse(fields) if isinstance(fields, dict) else fields
+  for _, result in reference.parse_records(str(path), path.read_bytes(), parse):
     if not isinstance(result, dead_letters.Rejection):
       records.append(result)
   return records

@@ -20,6 +20,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from pipeline import graph
 from pipeline.options import PersonalizationOptions
 from pipeline.summary import RunSummary
+from transforms.rules import resources
 from transforms.sinks import bigquery as bigquery_sink
 
 _log = logging.getLogger('pipeline.run')
@@ -51,9 +52,9 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
     if not opts.subscription:
       raise UsageError('--subscription is required with --streaming '
                        '(projects/PROJECT/subscriptions/NAME)')
-    if not opts.subscription.startswith('projects/') or '/subscriptions/' not in opts.subscription:
-      raise UsageError(f'--subscription must be a full path projects/PROJECT/subscriptions/NAME, '
-                       f'got {opts.subscription!r}')
+    problem = resources.pubsub_path_problem(opts.subscription, 'subscription')
+    if problem:
+      raise UsageError(f'--subscription {problem}')
   elif not patterns:
     raise UsageError('--events is required: comma-separated patterns of event files')
   if opts.dedupe_hours <= 0:
@@ -77,10 +78,10 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
     raise UsageError('--identity_buffer_hours must be positive')
   if opts.cart_abandon_minutes <= 0:
     raise UsageError('--cart_abandon_minutes must be positive')
-  if opts.triggers_topic and (not opts.triggers_topic.startswith('projects/')
-                              or '/topics/' not in opts.triggers_topic):
-    raise UsageError(f'--triggers_topic must be a full path projects/PROJECT/topics/NAME, '
-                     f'got {opts.triggers_topic!r}')
+  if opts.triggers_topic:
+    problem = resources.pubsub_path_problem(opts.triggers_topic, 'topic')
+    if problem:
+      raise UsageError(f'--triggers_topic {problem}')
   if opts.max_message_bytes <= 0:
     raise UsageError('--max_message_bytes must be positive')
   if opts.bigquery_write_method == bigquery_sink.FILE_LOADS and not gcp.temp_location:

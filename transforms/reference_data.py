@@ -45,8 +45,7 @@ def read_records(pattern: str | None, parse: Callable) -> dict:
   for match in FileSystems.match([pattern])[0].metadata_list:
     with FileSystems.open(match.path) as handle:
       data = handle.read()
-    for _, fields in reference.split_records(match.path, data):
-      result = parse(fields) if isinstance(fields, dict) else fields
+    for _, result in reference.parse_records(match.path, data, parse):
       if not isinstance(result, Rejection):
         key = result.get('customer_id') or result.get('product_id')
         records[key] = result

@@ -9,7 +9,7 @@ from apache_beam import coders
 from apache_beam.io import fileio
 
 from transforms import metrics
-from transforms.rules import dead_letters, events, reference
+from transforms.rules import dead_letters, events, reference, resources
 from transforms.rules.dead_letters import Rejection
 
 
@@ -121,10 +121,9 @@ class ReadPubSubEvents(beam.PTransform):
 
   def __init__(self, subscription: str, id_attribute: str | None = None):
     super().__init__()
-    if not subscription or not subscription.startswith('projects/') or \
-        '/subscriptions/' not in subscription:
-      raise ValueError(
-          f'subscription must be a full path projects/PROJECT/subscriptions/NAME, got {subscription!r}')
+    problem = resources.pubsub_path_problem(subscription, 'subscription')
+    if problem:
+      raise ValueError(f'subscription {problem}')
     self._subscription = subscription
     self._id_attribute = id_attribute or None
 
@@ -150,9 +149,8 @@ class _ParseReferenceFile(beam.DoFn):
   def process(self, readable_file):
     path = readable_file.metadata.path
     source = file_source(path)
-    for raw, fields in reference.split_records(path, readable_file.read()):
+    for raw, result in reference.parse_records(path, readable_file.read(), self._parse):
       self._read.inc()
-      result = self._parse(fields) if isinstance(fields, dict) else fields
       if isinstance(result, Rejection):
         self._dead.inc()
         metrics.counter(metrics.DEAD_LETTER_BY_TYPE.format(

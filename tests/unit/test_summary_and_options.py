@@ -89,3 +89,15 @@ def test_streaming_needs_a_full_subscription_path(tmp_path, monkeypatch):
   with pytest.raises(run_module.UsageError, match='--dedupe_hours'):
     run_module.resolve_options(['--streaming', '--dedupe_hours=0',
                                 '--subscription=projects/demo-local/subscriptions/events'])
+
+
+def test_pubsub_paths_and_the_triggers_topic_option(tmp_path, monkeypatch):
+  from transforms.rules import resources
+  assert resources.pubsub_path_problem('projects/p/topics/t', 'topic') is None
+  assert resources.pubsub_path_problem('projects/p/subscriptions/s', 'topic') is not None
+  assert resources.pubsub_path_problem(None, 'subscription') is not None
+  monkeypatch.setenv('GOOGLE_CLOUD_PROJECT', 'demo-local')
+  events = tmp_path / 'e.ndjson'
+  events.write_text('{}\n')
+  with pytest.raises(run_module.UsageError, match='--triggers_topic must be a full path'):
+    run_module.resolve_options([f'--events={events}', '--triggers_topic=triggers'])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import decimal
 import io
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import orjson
 
@@ -37,6 +37,14 @@ def split_records(path: str, data: bytes) -> Iterator[tuple[bytes | str, dict | 
     yield from _split_ndjson(data)
   else:
     yield from _split_csv(data)
+
+
+def parse_records(path: str, data: bytes, parse: Callable[[dict], dict | Rejection]
+                  ) -> Iterator[tuple[bytes | str, dict | Rejection]]:
+  """(raw record, parsed record or Rejection) for every record of a file: `split_records` with
+  `parse` (parse_customer, parse_product) applied to the records that split cleanly."""
+  for raw, fields in split_records(path, data):
+    yield raw, parse(fields) if isinstance(fields, dict) else fields
 
 
 def _split_ndjson(data: bytes) -> Iterator[tuple[bytes, dict | Rejection]]:

@@ -96,6 +96,7 @@ class _CommitBatchFn(beam.DoFn):
   def setup(self):
     from google.cloud import firestore  # honours FIRESTORE_EMULATOR_HOST
     self._client = firestore.Client(project=self._project, database=self._database)
+    self._server_time = firestore.SERVER_TIMESTAMP
 
   def process(self, batch):
     # A streaming fold emits a document per event, so one batch can hold several versions of a
@@ -126,7 +127,6 @@ class _CommitBatchFn(beam.DoFn):
                                                              field_paths=['last_event_at'])}
     writes = self._client.batch()
     written, deleted, stale = [], 0, 0
-    server_time = self._server_time()
     for doc_id, document in latest.items():
       snapshot = stored.get(doc_id)
       exists = snapshot is not None and snapshot.exists
@@ -139,7 +139,7 @@ class _CommitBatchFn(beam.DoFn):
       if exists and is_stale(snapshot.get('last_event_at'), document.get('last_event_at')):
         stale += 1
         continue
-      data = {**document, 'updated_at': server_time}
+      data = {**document, 'updated_at': self._server_time}
       if exists:
         writes.update(refs[doc_id], data,
                       option=self._client.write_option(last_update_time=snapshot.update_time))
@@ -149,10 +149,6 @@ class _CommitBatchFn(beam.DoFn):
     if written or deleted:
       writes.commit(retry=_COMMIT_RETRY, timeout=60.0)
     return written, deleted, stale
-
-  def _server_time(self):
-    from google.cloud import firestore
-    return firestore.SERVER_TIMESTAMP
 
   def teardown(self):
     if self._client is not None:

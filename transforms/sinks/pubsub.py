@@ -6,6 +6,7 @@ import orjson
 
 import schemas
 from transforms import metrics
+from transforms.rules import resources
 
 
 class _PublishFn(beam.DoFn):
@@ -44,8 +45,9 @@ class PublishRecords(beam.PTransform):
 
   def __init__(self, topic: str, record: str = 'cart_triggers'):
     super().__init__()
-    if not topic.startswith('projects/') or '/topics/' not in topic:
-      raise ValueError(f'topic must be a full path projects/PROJECT/topics/NAME, got {topic!r}')
+    problem = resources.pubsub_path_problem(topic, 'topic')
+    if problem:
+      raise ValueError(f'topic {problem}')
     self._topic = topic
     self._record = record
 
