@@ -126,6 +126,9 @@ def test_without_received_at_timestamp_is_used_then_original_timestamp():
     ({**PAGE, 'timestamp': '0001-01-01T00:00:00Z'}, events.SCHEMA_VIOLATION, 'outside'),
     ({**PAGE, 'timestamp': '9999-12-31T23:59:59Z'}, events.SCHEMA_VIOLATION, 'outside'),
     ({**PAGE, 'context': 'not an object'}, events.SCHEMA_VIOLATION, 'context must be object'),
+    # Found by hypothesis: the skew correction of extreme times overflowed datetime.
+    ({**PAGE, 'sentAt': '2000-01-01T00:00:00Z', 'originalTimestamp': '1912-01-01T00:00:00',
+      'receivedAt': '0088-01-01T00:00:00'}, events.SCHEMA_VIOLATION, 'outside 1970..2099'),
 ])
 def test_every_failure_is_a_rejection_naming_the_problem(payload, failure_type, words):
   result = parse(payload)

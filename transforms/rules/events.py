@@ -84,7 +84,10 @@ def parse_event(payload: bytes | str,
     if parsed is None:
       return Rejection(SCHEMA_VIOLATION, f'{name} is not an ISO-8601 timestamp: {value!r}')
     times[name] = parsed
-  event_time = _event_time(times)
+  try:
+    event_time = _event_time(times)
+  except OverflowError:  # the skew correction of extreme times leaves datetime's range
+    return Rejection(SCHEMA_VIOLATION, 'clock-skew-corrected event time is outside 1970..2099')
   if not _MIN_TIME <= event_time < _MAX_TIME:
     return Rejection(SCHEMA_VIOLATION,
                      f'event time {event_time.isoformat()} is outside 1970..2099')
