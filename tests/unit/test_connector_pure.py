@@ -81,3 +81,29 @@ def test_the_pipeline_document_matches_the_served_contract():
   properties = set(customer_document_schema()['properties'])
   assert set(rendered) | {'updated_at'} == properties
   assert set(served_document_fields()) <= set(rendered)
+
+
+def test_raw_decoding_matches_the_firestore_library_then_shaping():
+  """The store decodes BatchGetDocuments protobufs itself (for speed); what it yields must equal
+  what the library's own decoding gives after shaping, for every value type a document holds."""
+  import datetime as dt
+
+  from google.cloud.firestore_v1 import _helpers
+  from google.cloud.firestore_v1.types import document as document_types
+
+  from connector import shaping
+  from connector.store import decode_fields
+
+  moment = dt.datetime(2026, 11, 29, 3, 4, 5, 123456, tzinfo=dt.timezone.utc)
+  whole_second = dt.datetime(1999, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+  stored = {'s': 'Åsa 🛒 שלום', 'i': -(2**62), 'f': 1.5, 'b': True, 'n': None, 't': moment,
+            't0': whole_second, 'empty_list': [], 'empty_map': {},
+            'nested': {'items': [{'price': 10.0, 'at': moment, 'tags': ['a', None, 3]}]}}
+  raw = document_types.Document.pb(document_types.Document(
+      fields=_helpers.encode_dict(stored)))
+  library = _helpers.decode_dict(document_types.Document(fields=_helpers.encode_dict(stored))
+                                 .fields, client=None)
+  ours = decode_fields(raw.fields)
+  assert ours == shaping.shape(library, list(stored))
+  assert ours['t'] == '2026-11-29T03:04:05.123456Z' and ours['t0'] == '1999-01-02T03:04:05Z'
+  assert ours['i'] == -(2**62) and ours['n'] is None and ours['empty_map'] == {}
