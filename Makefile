@@ -8,7 +8,7 @@ DATA ?= data/sample
 STACK_STATE ?= .localstack/demo
 STACK := $(PY) -m scripts.localstack --state-dir $(STACK_STATE)
 
-.PHONY: venv demo stop status data run test test-unit bench bench-connector serve clean
+.PHONY: venv demo stop status data run test test-unit bench bench-connector serve clean template-build template-run
 
 venv: $(VENV)/.installed $(BQ_VENV)/.installed
 
@@ -68,3 +68,11 @@ serve: venv
 
 clean: stop
 	rm -rf $(VENV) $(BQ_VENV) .localstack data build *.egg-info
+
+## template-build / template-run: build the Dataflow flex template, launch the streaming job from it.
+## Their settings are environment variables (docs/DEPLOY.md); DRY_RUN=1 prints the commands.
+template-build:
+	templates/build.sh
+
+template-run:
+	templates/run.sh

@@ -7,6 +7,7 @@ it is interrupted (Ctrl-C or SIGTERM), then cancels the pipeline and prints what
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import signal
@@ -126,10 +127,25 @@ def _raise_interrupt(signum, frame):
   raise KeyboardInterrupt
 
 
+def help_text() -> str:
+  """What `--help` prints: the job's own options. (Beam's PipelineOptions parser only knows the
+  options of the class it is built for, so its own `--help` lists none of them.)"""
+  parser = argparse.ArgumentParser(
+      prog='python -m pipeline.run', description=(__doc__ or '').split('\n\n')[0],
+      epilog="Beam's own options are accepted too: --runner, --project, --region, "
+             '--temp_location, --streaming, --max_num_workers, ...')
+  PersonalizationOptions._add_argparse_args(parser)
+  return parser.format_help()
+
+
 def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if '-h' in argv or '--help' in argv:
+    print(help_text())
+    return 0
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
   try:
-    summary = run(argv if argv is not None else sys.argv[1:])
+    summary = run(argv)
   except UsageError as err:
     print(f'error: {err}', file=sys.stderr)
     return 2
