@@ -78,7 +78,7 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
       streaming, opts.profile_settings(), customers, catalog, opts.as_of_micros(),
       opts.identity_buffer_hours, opts.customers, opts.catalog, opts.side_input_refresh_minutes,
       (opts.view_as(GoogleCloudOptions).project, opts.firestore_database,
-       opts.popularity_collection), opts.popularity_window_hours)
+       opts.popularity_collection), opts.popularity_window_hours, opts.document_flush_seconds)
   dead_letters = dead | 'FlattenDeadLetters' >> beam.Flatten()
   return Outputs(events, dead_letters, hourly, profiles.documents, profiles.triggers,
                  profiles.popularity, customers, catalog)

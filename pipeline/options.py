@@ -61,6 +61,11 @@ class PersonalizationOptions(PipelineOptions):
         help='A cart with items whose last change is older than this (at the reference time) is '
              'abandoned and triggers a cart_abandoned record.')
     parser.add_argument(
+        '--document_flush_seconds', type=float, default=0.5,
+        help='Streaming: a customer\'s document is written at most once per this many seconds '
+             'of processing time (events in between are coalesced into one write). 0 writes '
+             'after every event: lowest latency, most Firestore writes.')
+    parser.add_argument(
         '--vip_lifetime_value', type=float, default=500,
         help='Lifetime order value from which a customer is in the vip segment (5 or more '
              'orders also make a vip).')

@@ -77,6 +77,8 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
     raise UsageError('--side_input_refresh_minutes must be positive')
   if opts.identity_buffer_hours <= 0:
     raise UsageError('--identity_buffer_hours must be positive')
+  if opts.document_flush_seconds < 0:
+    raise UsageError('--document_flush_seconds must be zero or more')
   if opts.cart_abandon_minutes <= 0:
     raise UsageError('--cart_abandon_minutes must be positive')
   if opts.triggers_topic:

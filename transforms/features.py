@@ -8,7 +8,7 @@ import apache_beam as beam
 from apache_beam.pvalue import AsDict, AsSingleton
 
 from transforms import metrics
-from transforms.live_profiles import (DEFAULT_IDENTITY_BUFFER_HOURS,
+from transforms.live_profiles import (DEFAULT_FLUSH_SECONDS, DEFAULT_IDENTITY_BUFFER_HOURS,
                                       DEFAULT_POPULARITY_WINDOW_HOURS, DEFAULT_REFRESH_MINUTES,
                                       FoldLive, LivePopularity, StitchLive)
 from transforms.rules import identity, profile, serving
@@ -144,7 +144,8 @@ class BuildProfiles(beam.PTransform):
   abandoned; the CRM and catalog are re-read from `customers_pattern` / `catalog_pattern` every
   `refresh_minutes` (transforms/reference_data.py), and so is product popularity, which this
   transform counts over a sliding window (`popularity` output) and the graph writes to the
-  `popularity_source` collection.
+  `popularity_source` collection. A customer's document is rendered at most once per
+  `flush_seconds` of processing time.
   """
 
   def __init__(self, streaming: bool = False, settings: profile.Settings = profile.Settings(),
@@ -153,8 +154,10 @@ class BuildProfiles(beam.PTransform):
                customers_pattern: str | None = None, catalog_pattern: str | None = None,
                refresh_minutes: float = DEFAULT_REFRESH_MINUTES,
                popularity_source: tuple[str, str, str] | None = None,
-               popularity_window_hours: float = DEFAULT_POPULARITY_WINDOW_HOURS):
+               popularity_window_hours: float = DEFAULT_POPULARITY_WINDOW_HOURS,
+               flush_seconds: float = DEFAULT_FLUSH_SECONDS):
     super().__init__()
+    self._flush_seconds = flush_seconds
     self._popularity_source = popularity_source
     self._popularity_window_hours = popularity_window_hours
     self._identity_buffer_hours = identity_buffer_hours
@@ -170,7 +173,7 @@ class BuildProfiles(beam.PTransform):
     if self._streaming:
       attributed = events | 'StitchLive' >> StitchLive(self._identity_buffer_hours)
       live = attributed | 'FoldLive' >> FoldLive(
-          self._settings, customers=self._patterns[0], catalog=self._patterns[1],
+          self._settings, self._flush_seconds, customers=self._patterns[0], catalog=self._patterns[1],
           refresh_minutes=self._refresh_minutes, popularity=self._popularity_source)
       popularity = attributed | 'LivePopularity' >> LivePopularity(self._popularity_window_hours)
       return ProfileOutputs(live.documents, live.triggers, popularity)

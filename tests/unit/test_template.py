@@ -133,6 +133,7 @@ EXAMPLES = {
     'popularity_window_hours': POSITIVE,
     'cart_abandon_minutes': POSITIVE,
     'allowed_lateness_hours': NON_NEGATIVE,
+    'document_flush_seconds': NON_NEGATIVE,
     'vip_lifetime_value': NON_NEGATIVE,
     'max_message_bytes': (['32768', '1'], ['0', '1.5', '-1', '32k', '']),
     'as_of': (['2026-11-15T00:00:00Z', '2026-11-15T08:30:00+01:00', '2026-11-15',
