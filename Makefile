@@ -8,7 +8,7 @@ DATA ?= data/sample
 STACK_STATE ?= .localstack/demo
 STACK := $(PY) -m scripts.localstack --state-dir $(STACK_STATE)
 
-.PHONY: venv demo stop status data run test test-unit bench bench-connector serve clean template-build template-run
+.PHONY: venv demo stream stop status data run test test-unit bench bench-connector bench-stream serve clean template-build template-run
 
 venv: $(VENV)/.installed $(BQ_VENV)/.installed
 
@@ -43,8 +43,15 @@ demo: venv
 	eval "$$($(STACK) env)" && $(PY) -m scripts.demo_connector start --state-dir $(STACK_STATE)
 	@echo "The local stack and the connector are still running: 'make stop' stops them; '$(STACK) env' prints the stack's environment."
 
+## stream: the real-time path. Starts its own local stack (.localstack/stream), the streaming job
+## on the BundleBasedDirectRunner and a publisher replaying the sample at RATE events/s; Ctrl-C
+## stops all of it. RATE=10 by default (see docs/STREAMING.md for what this runner sustains).
+RATE ?= 10
+stream: venv
+	$(PY) -m scripts.stream --rate $(RATE) --data $(DATA)
+
 stop:
-	@if [ -x $(PY) ]; then $(PY) -m scripts.demo_connector stop --state-dir $(STACK_STATE); $(STACK) stop; else echo "nothing to stop (no $(VENV))"; fi
+	@if [ -x $(PY) ]; then $(PY) -m scripts.demo_connector stop --state-dir $(STACK_STATE); $(STACK) stop; $(PY) -m scripts.localstack --state-dir .localstack/stream stop; else echo "nothing to stop (no $(VENV))"; fi
 
 status:
 	$(STACK) status
@@ -61,6 +68,9 @@ bench: venv
 
 bench-connector: venv
 	$(PY) -m bench.connector_load
+
+bench-stream: venv
+	$(PY) -m bench.stream_latency --rates 5,10,20,200 --pipeline_arg=--document_flush_seconds=0
 
 ## serve: the ESP connector on the running local stack (CONNECTOR_API_KEYS must be set).
 serve: venv

@@ -97,6 +97,15 @@ def stop_process(process: subprocess.Popen | None, timeout: float = 10) -> None:
     process.wait()
 
 
+def job_summary(log_path: pathlib.Path) -> str:
+  """The run summary the job printed last (its log's tail when there is none)."""
+  text = log_path.read_text(errors='replace') if log_path.exists() else ''
+  start = text.rfind('Run summary')
+  if start >= 0:
+    return 'its summary:\n' + text[start:].rstrip()
+  return 'no summary; its log ends with:\n' + '\n'.join(localstack.tail_lines(log_path, 20))
+
+
 def document_count(collection: str) -> int | None:
   try:
     from google.cloud import firestore
@@ -128,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
   signal.signal(signal.SIGTERM, _raise_stop)
   job = publisher = None
   topic = None
+  job_log = args.state_dir / 'pipeline.log'
   status = 0
   try:
     env = localstack.start(args.state_dir)
@@ -138,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                      check=True)
     topic, subscription = publish.ensure_topic_and_subscription(PROJECT, TOPIC, SUBSCRIPTION)
     triggers, _ = publish.ensure_topic_and_subscription(PROJECT, TRIGGERS_TOPIC)
-    job_log = args.state_dir / 'pipeline.log'
+    for old_log in (job_log, args.state_dir / 'publisher.log'):
+      old_log.unlink(missing_ok=True)  # the summary shown at the end must be this run's
     job = start_process(pipeline_command(subscription, [
         f'--customers={args.data / "customers.csv"}', f'--catalog={args.data / "catalog.csv"}',
         f'--collection={COLLECTION}', f'--triggers_topic={triggers}', *args.pipeline_arg]),
@@ -181,8 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     if job is not None:
       _log.info('stopping the streaming job (up to about 30 s on the DirectRunner)')
       code = stop_pipeline(job, topic)
-      _log.info('streaming job exited with code %s; its summary:\n%s', code,
-                '\n'.join(localstack.tail_lines(args.state_dir / 'pipeline.log', 12)))
+      _log.info('streaming job exited with code %s; %s', code, job_summary(job_log))
     localstack.stop(args.state_dir)
   return status
 
