@@ -3,7 +3,9 @@
 
 Sets up logging, parses options, creates the BigQuery tables, builds and runs the graph, and
 prints a summary. A batch run exits 1 when the counts do not add up. A streaming run goes on until
-it is interrupted (Ctrl-C or SIGTERM), then cancels the pipeline and prints what it counted.
+it is interrupted (Ctrl-C or SIGTERM): on a local runner it then cancels the pipeline and prints
+what it counted; on Dataflow it stops waiting and leaves the job running, printing how to drain
+it (cancelling a Dataflow job would drop in-flight data).
 """
 from __future__ import annotations
 
@@ -113,16 +115,33 @@ def run(argv: list[str] | None = None) -> RunSummary:
   if not options.view_as(StandardOptions).streaming:
     result.wait_until_finish()
     return RunSummary.from_result(result)
-  _log.info('streaming: Ctrl-C (or SIGTERM) stops the pipeline')
+  runner = options.view_as(StandardOptions).runner or ''
+  local = is_local_runner(runner)
+  _log.info('streaming: Ctrl-C (or SIGTERM) %s', 'stops the pipeline' if local else
+            'stops waiting; the job keeps running on the service')
   signal.signal(signal.SIGTERM, _raise_interrupt)
   try:
     result.wait_until_finish()
   except KeyboardInterrupt:
+    if not local:
+      # Cancelling a Dataflow job drops its in-flight data; draining finishes it. Leave the
+      # choice (and the job) to the operator: docs/DEPLOY.md, "Update and drain".
+      job_id = getattr(result, 'job_id', lambda: None)()
+      _log.info('the job %s keeps running. Drain it (finishes in-flight work, then stops): '
+                'gcloud dataflow jobs drain %s --region=REGION', job_id, job_id or 'JOB_ID')
+      return RunSummary.from_result(result, exact=False)
     _log.info('stopping: cancelling the pipeline (the Pub/Sub reader may take up to 30 s to '
               'notice; messages already read are acknowledged on the DirectRunner)')
     result.cancel()
-  runner = options.view_as(StandardOptions).runner or ''
-  return RunSummary.from_result(result, exact='Direct' not in runner)
+  return RunSummary.from_result(result, exact=not local)
+
+
+def is_local_runner(runner: str) -> bool:
+  """The in-process runners: stopping the program stops the job. (DataflowRunner and other
+  service runners keep the job running without this process.)"""
+  name = runner.rsplit('.', 1)[-1] if isinstance(runner, str) else type(runner).__name__
+  return name in ('DirectRunner', 'BundleBasedDirectRunner', 'SwitchingDirectRunner',
+                  'FnApiRunner', 'PrismRunner')
 
 
 def _raise_interrupt(signum, frame):

@@ -101,3 +101,12 @@ def test_pubsub_paths_and_the_triggers_topic_option(tmp_path, monkeypatch):
   events.write_text('{}\n')
   with pytest.raises(run_module.UsageError, match='--triggers_topic must be a full path'):
     run_module.resolve_options([f'--events={events}', '--triggers_topic=triggers'])
+
+
+def test_only_in_process_runners_are_cancelled_on_interrupt():
+  from pipeline.run import is_local_runner
+  for runner in ('BundleBasedDirectRunner', 'DirectRunner', 'FnApiRunner',
+                 'apache_beam.runners.portability.fn_api_runner.FnApiRunner'):
+    assert is_local_runner(runner), runner
+  for runner in ('DataflowRunner', 'dataflow', 'apache_beam.runners.DataflowRunner', ''):
+    assert not is_local_runner(runner), runner
