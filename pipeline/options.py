@@ -101,8 +101,9 @@ class PersonalizationOptions(PipelineOptions):
         help='Firestore database id.')
     parser.add_argument(
         '--bigquery_write_method', default=STREAMING_INSERTS, choices=WRITE_METHODS,
-        help='How rows reach BigQuery. STORAGE_WRITE_API needs a Java expansion service '
-             '(production only). FILE_LOADS needs --temp_location.')
+        help='How rows reach BigQuery. FILE_LOADS (batch only) needs --temp_location. '
+             'STORAGE_WRITE_API is not usable yet: Beam 2.77 cannot map the tables\' JSON '
+             'columns for it, and it needs a Java expansion service (docs/DEPLOY.md).')
     parser.add_argument(
         '--bigquery_location', default=None,
         help='Location of the BigQuery dataset when the job creates it (e.g. EU, US).')

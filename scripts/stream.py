@@ -152,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
       old_log.unlink(missing_ok=True)  # the summary shown at the end must be this run's
     job = start_process(pipeline_command(subscription, [
         f'--customers={args.data / "customers.csv"}', f'--catalog={args.data / "catalog.csv"}',
-        f'--collection={COLLECTION}', f'--triggers_topic={triggers}', *args.pipeline_arg]),
+        f'--collection={COLLECTION}', f'--triggers_topic={triggers}',
+        # One executor thread, shared with a Pub/Sub pull that blocks up to 30 s when the
+        # subscription is empty: a coalescing delay would hold the last documents of a burst
+        # until the next message (docs/STREAMING.md). Render right after each event instead.
+        '--document_flush_seconds=0', *args.pipeline_arg]),
         job_log)
     _log.info('streaming job started (pid %d), log: %s', job.pid, job_log)
     publisher_command = [sys.executable, '-m', 'scripts.publish', '--topic', TOPIC,
