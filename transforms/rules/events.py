@@ -44,6 +44,10 @@ _TIME_FIELDS = ('timestamp', 'originalTimestamp', 'sentAt', 'receivedAt')
 # timestamp in year 1 or 9999 is a client bug, not a customer action.
 _MIN_TIME = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 _MAX_TIME = dt.datetime(2100, 1, 1, tzinfo=dt.timezone.utc)
+# Deepest nesting of objects and arrays accepted (the event object is level 1). orjson parses up to
+# 1,024 levels but serialises at most 254 (the BigQuery row of a deeper event cannot be written),
+# and pickling recurses per level; real events nest a handful of levels.
+MAX_NESTING_DEPTH = 32
 
 
 def parse_event(payload: bytes | str,
@@ -63,6 +67,9 @@ def parse_event(payload: bytes | str,
     return Rejection(INVALID_JSON, f'not valid JSON: {err}')
   if not isinstance(raw, dict):
     return Rejection(SCHEMA_VIOLATION, f'event must be a JSON object, got {type(raw).__name__}')
+  if _nested_deeper_than(raw, MAX_NESTING_DEPTH, payload):
+    return Rejection(SCHEMA_VIOLATION,
+                     f'event nests objects or arrays deeper than {MAX_NESTING_DEPTH} levels')
   for alias, name in _ALIASES.items():
     if alias in raw and name not in raw:
       raw[name] = raw.pop(alias)
@@ -216,6 +223,23 @@ def _event_time(times: dict[str, dt.datetime]) -> dt.datetime:
   if received and sent and original:
     return received - (sent - original)
   return times.get('timestamp') or original
+
+
+def _nested_deeper_than(value: dict | list, limit: int, payload: bytes | str) -> bool:
+  """Whether objects and arrays nest more than `limit` levels (`value`, parsed from `payload`, is
+  level 1). A loop, not recursion: the input may be 1,024 levels deep."""
+  # Nesting needs at least as many brackets: most events have fewer, and counting is cheap.
+  opening = ('{', '[') if isinstance(payload, str) else (b'{', b'[')
+  if payload.count(opening[0]) + payload.count(opening[1]) <= limit:
+    return False
+  stack = [(value, 1)]
+  while stack:
+    container, depth = stack.pop()
+    if depth > limit:
+      return True
+    children = container.values() if isinstance(container, dict) else container
+    stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+  return False
 
 
 def _micros_or_none(value: dt.datetime | None) -> int | None:
