@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOpt
 
 from pipeline.options import PersonalizationOptions
 from transforms.clean import ParseEvents
-from transforms.dedupe import DedupeEvents
+from transforms.dedupe import DedupeEvents, Warehouse
 from transforms.features import BuildProfiles
 from transforms.rules import reference, serving
 from transforms.sinks.bigquery import WriteTable
@@ -58,7 +58,9 @@ def _read_events(p: beam.Pipeline, opts: PersonalizationOptions, streaming: bool
 def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
   streaming = opts.view_as(StandardOptions).streaming
   parsed = _read_events(p, opts, streaming) | 'ParseEvents' >> ParseEvents(opts.max_message_bytes)
-  events = parsed.events | 'DedupeEvents' >> DedupeEvents(streaming, opts.dedupe_hours)
+  warehouse = Warehouse(opts.view_as(GoogleCloudOptions).project, opts.dataset,
+                        opts.restart_dedupe_hours) if streaming else None
+  events = parsed.events | 'DedupeEvents' >> DedupeEvents(streaming, opts.dedupe_hours, warehouse)
   hourly = (events
             | 'AssignEventTime' >> AssignEventTime()
             | 'HourlyActivity' >> HourlyActivity(opts.allowed_lateness_hours, streaming))
@@ -100,13 +102,13 @@ def build(p: beam.Pipeline, opts: PersonalizationOptions, project: str) -> Outpu
   rejected_hourly = out.hourly | 'WriteHourlyActivity' >> WriteTable(
       'customer_activity_hourly', project, opts.dataset, method, temp)
   documents = out.documents | 'WriteDocuments' >> WriteDocuments(
-      project, opts.collection, opts.firestore_database)
+      project, opts.collection, opts.firestore_database, opts.firestore_retry_seconds)
   rejected_profiles = (documents.written
                        | 'ProfileRows' >> beam.MapTuple(serving.profile_row)
                        | 'WriteProfiles' >> WriteTable('customer_profiles', project, opts.dataset,
                                                        method, temp))
   popularity = out.popularity | 'WritePopularity' >> WriteDocuments(
-      project, opts.popularity_collection, opts.firestore_database)
+      project, opts.popularity_collection, opts.firestore_database, opts.firestore_retry_seconds)
   rejected_triggers = out.triggers | 'WriteTriggers' >> WriteTable(
       'cart_triggers', project, opts.dataset, method, temp)
   if opts.triggers_topic:

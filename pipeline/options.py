@@ -66,6 +66,17 @@ class PersonalizationOptions(PipelineOptions):
              'of processing time (events in between are coalesced into one write). 0 writes '
              'after every event: lowest latency, most Firestore writes.')
     parser.add_argument(
+        '--restart_dedupe_hours', type=float, default=6,
+        help='Streaming: at start-up, read the message ids the events table received in the '
+             'last this many hours and drop those events if they come again (a job restarted '
+             'over the same subscription, or the same events republished). 0 turns it off. '
+             'Costs one query and memory for the ids per worker process.')
+    parser.add_argument(
+        '--firestore_retry_seconds', type=float, default=120,
+        help='How long transient Firestore errors (unreachable, overloaded, timed out) are '
+             'retried, with exponential backoff, before the write fails the bundle (and a local '
+             'run) with a clear error.')
+    parser.add_argument(
         '--vip_lifetime_value', type=float, default=500,
         help='Lifetime order value from which a customer is in the vip segment (5 or more '
              'orders also make a vip).')

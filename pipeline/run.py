@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 
@@ -60,6 +61,9 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
       raise UsageError(f'--subscription {problem}')
   elif not patterns:
     raise UsageError('--events is required: comma-separated patterns of event files')
+  if not re.fullmatch(r'[A-Za-z0-9_]{1,1024}', opts.dataset or ''):
+    raise UsageError(f'--dataset {opts.dataset!r} is not a BigQuery dataset id (letters, digits '
+                     'and underscores; the project comes from --project)')
   if opts.dedupe_hours <= 0:
     raise UsageError('--dedupe_hours must be positive')
   if opts.allowed_lateness_hours < 0:
@@ -81,6 +85,10 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
     raise UsageError('--identity_buffer_hours must be positive')
   if opts.document_flush_seconds < 0:
     raise UsageError('--document_flush_seconds must be zero or more')
+  if opts.restart_dedupe_hours < 0:
+    raise UsageError('--restart_dedupe_hours must be zero or more')
+  if opts.firestore_retry_seconds <= 0:
+    raise UsageError('--firestore_retry_seconds must be positive')
   if opts.cart_abandon_minutes <= 0:
     raise UsageError('--cart_abandon_minutes must be positive')
   if opts.triggers_topic:

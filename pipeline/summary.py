@@ -96,6 +96,7 @@ class RunSummary:
                         ('customers without a document (consent)', metrics.DOCUMENTS_SUPPRESSED),
                         ('documents deleted (consent withdrawn)', metrics.DOCUMENTS_DELETED),
                         ('writes skipped: stored document newer', metrics.DOCUMENTS_STALE_SKIPPED),
+                        ('Firestore calls retried (transient errors)', metrics.FIRESTORE_RETRIES),
                         ('cart triggers published', metrics.TRIGGERS_PUBLISHED)):
       if self.get(name):
         lines.append(f'  {label:<48} {self.get(name):>8,}')

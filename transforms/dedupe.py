@@ -1,15 +1,64 @@
 """Deduplication of events by message id (Segment's and RudderStack's idempotency key)."""
 from __future__ import annotations
 
+import datetime as dt
+import logging
+import typing
+
 import apache_beam as beam
 from apache_beam import coders
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import metrics
 
 DEFAULT_DEDUPE_HOURS = 24
+DEFAULT_RESTART_DEDUPE_HOURS = 6
+
+_log = logging.getLogger(__name__)
+
+
+class Warehouse(typing.NamedTuple):
+  """Where earlier runs wrote their events, and how far back a new job looks for them."""
+  project: str
+  dataset: str
+  lookback_hours: float
+
+
+class _Ids:
+  """A frozenset wrapper: `Shared` keeps objects by weak reference, which frozenset refuses."""
+
+  def __init__(self, ids: frozenset):
+    self.ids = ids
+
+
+def written_message_ids(warehouse: Warehouse, now: dt.datetime | None = None) -> frozenset:
+  """Message ids the `events` table received in the last `lookback_hours` (by `ingested_at`;
+  `event_time` is bounded too, one look-back earlier, so BigQuery prunes partitions). Empty when
+  the table does not exist yet. Any other failure raises: without this set a restarted job could
+  write events a second time."""
+  from google.api_core.exceptions import NotFound
+  from google.cloud import bigquery
+
+  from transforms.sinks import bigquery_client
+  now = now or dt.datetime.now(dt.timezone.utc)
+  since = now - dt.timedelta(hours=warehouse.lookback_hours)
+  client = bigquery_client.cloud_client(warehouse.project)
+  query = (f'SELECT DISTINCT message_id FROM `{warehouse.project}.{warehouse.dataset}.events` '
+           'WHERE ingested_at >= @since AND event_time >= @since_event')
+  config = bigquery.QueryJobConfig(query_parameters=[
+      bigquery.ScalarQueryParameter('since', 'TIMESTAMP', since),
+      bigquery.ScalarQueryParameter('since_event', 'TIMESTAMP',
+                                    since - dt.timedelta(hours=warehouse.lookback_hours))])
+  try:
+    rows = client.query(query, job_config=config).result()
+    return frozenset(row['message_id'] for row in rows)
+  except NotFound:
+    return frozenset()
+  finally:
+    client.close()
 
 
 def preference_key(event: dict) -> tuple:
@@ -81,19 +130,37 @@ class _FirstSeenFn(beam.DoFn):
   SEEN = ReadModifyWriteStateSpec('seen', coders.BooleanCoder())
   EXPIRY = TimerSpec('expiry', TimeDomain.REAL_TIME)
 
-  def __init__(self, ttl_seconds: float):
+  def __init__(self, ttl_seconds: float, warehouse: Warehouse | None = None):
     self._ttl = Duration(seconds=ttl_seconds)
+    self._warehouse = warehouse
+    self._shared = shared.Shared()
+    self._written = frozenset()
     self._duplicates = metrics.counter(metrics.EVENTS_DUPLICATE)
     self._unique = metrics.counter(metrics.EVENTS_UNIQUE)
 
+  def setup(self):
+    # The state of a new job starts empty (a restart after a drain or a crash, a local run
+    # started again): ids an earlier job already wrote are read once per worker process.
+    if self._warehouse is not None and self._warehouse.lookback_hours > 0:
+      def load():
+        ids = written_message_ids(self._warehouse)
+        _log.info('dedupe: %d message ids written in the last %.1f h loaded from %s.%s.events',
+                  len(ids), self._warehouse.lookback_hours, self._warehouse.project,
+                  self._warehouse.dataset)
+        return _Ids(ids)
+      self._written = self._shared.acquire(load).ids
+
   def process(self, element, seen=beam.DoFn.StateParam(SEEN),
               expiry=beam.DoFn.TimerParam(EXPIRY)):
-    _, event = element
+    message_id, event = element
     if seen.read():
       self._duplicates.inc()
       return
     seen.write(True)
     expiry.set(Timestamp.now() + self._ttl)
+    if message_id in self._written:
+      self._duplicates.inc()
+      return
     self._unique.inc()
     yield event
 
@@ -109,10 +176,16 @@ class DedupeEvents(beam.PTransform):
   earliest received copy. Unbounded input: the first copy to arrive wins and later copies are
   dropped for `dedupe_hours` (processing time) after it; a copy arriving after that is kept again.
   Both count survivors (`events_unique`) and drops (`events_duplicate`).
+
+  `warehouse` (streaming): a new job also drops events whose message id the `events` table
+  received in the last `lookback_hours`, read once per worker process at start-up, so a job
+  restarted over the same subscription (or fed the same events again) does not write them twice.
   """
 
-  def __init__(self, streaming: bool = False, dedupe_hours: float = DEFAULT_DEDUPE_HOURS):
+  def __init__(self, streaming: bool = False, dedupe_hours: float = DEFAULT_DEDUPE_HOURS,
+               warehouse: Warehouse | None = None):
     super().__init__()
+    self._warehouse = warehouse
     if dedupe_hours <= 0:
       raise ValueError(f'dedupe_hours must be positive, got {dedupe_hours}')
     self._streaming = streaming
@@ -122,7 +195,7 @@ class DedupeEvents(beam.PTransform):
     keyed = pcoll | 'KeyByMessageId' >> beam.Map(_key_by_message_id).with_output_types(
         tuple[str, dict])
     if self._streaming:
-      return keyed | 'FirstSeen' >> beam.ParDo(_FirstSeenFn(self._ttl_seconds))
+      return keyed | 'FirstSeen' >> beam.ParDo(_FirstSeenFn(self._ttl_seconds, self._warehouse))
     return (keyed
             | 'KeepFirst' >> beam.CombinePerKey(_KeepFirst())
             | 'EmitKept' >> beam.ParDo(_EmitKept()))

@@ -41,3 +41,5 @@ TRIGGERS_PUBLISHED = 'cart_triggers_published'
 # Versions of a document replaced by a newer one in the same commit (streaming).
 DOCUMENTS_SUPERSEDED = 'documents_superseded'
 FIRESTORE_COMMITS = 'firestore_commits'
+# Firestore calls that failed transiently and were retried.
+FIRESTORE_RETRIES = 'firestore_retries'

@@ -16,9 +16,15 @@ def pytest_collection_modifyitems(items):
 
 
 @pytest.fixture(scope='session')
-def local_stack(tmp_path_factory):
+def local_stack_dir(tmp_path_factory):
+  """The session stack's state dir (fault tests pause its emulators through the pids it holds)."""
+  return pathlib.Path(tmp_path_factory.mktemp('localstack'))
+
+
+@pytest.fixture(scope='session')
+def local_stack(local_stack_dir):
   """Starts the emulators (their own state dir, free ports) and exports their environment."""
-  state_dir = pathlib.Path(tmp_path_factory.mktemp('localstack'))
+  state_dir = local_stack_dir
   env = localstack.start(state_dir)
   saved = {name: os.environ.get(name) for name in env}
   os.environ.update(env)

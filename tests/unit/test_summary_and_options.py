@@ -103,6 +103,12 @@ def test_pubsub_paths_and_the_triggers_topic_option(tmp_path, monkeypatch):
     run_module.resolve_options([f'--events={events}', '--triggers_topic=triggers'])
 
 
+def test_a_dataset_id_that_bigquery_refuses_is_a_usage_error():
+  for bad in ('has-dash', 'p:ds', 'p.ds', ''):
+    with pytest.raises(run_module.UsageError, match='not a BigQuery dataset id'):
+      run_module.resolve_options(['--project=demo-local', '--events=x', f'--dataset={bad}'])
+
+
 def test_only_in_process_runners_are_cancelled_on_interrupt():
   from pipeline.run import is_local_runner
   for runner in ('BundleBasedDirectRunner', 'DirectRunner', 'FnApiRunner',

@@ -134,6 +134,8 @@ EXAMPLES = {
     'cart_abandon_minutes': POSITIVE,
     'allowed_lateness_hours': NON_NEGATIVE,
     'document_flush_seconds': NON_NEGATIVE,
+    'firestore_retry_seconds': POSITIVE,
+    'restart_dedupe_hours': NON_NEGATIVE,
     'vip_lifetime_value': NON_NEGATIVE,
     'max_message_bytes': (['32768', '1'], ['0', '1.5', '-1', '32k', '']),
     'as_of': (['2026-11-15T00:00:00Z', '2026-11-15T08:30:00+01:00', '2026-11-15',

@@ -21,14 +21,16 @@ MAX_PRECONDITION_ATTEMPTS = 5
 
 _log = logging.getLogger(__name__)
 
-# Transient errors are retried with backoff, bounded; after that the error reaches the runner,
-# which retries the bundle (Dataflow) or fails the run loudly (local runners).
-_COMMIT_RETRY = api_retry.Retry(
-    predicate=api_retry.if_exception_type(api_exceptions.ServiceUnavailable,
-                                          api_exceptions.DeadlineExceeded,
-                                          api_exceptions.InternalServerError,
-                                          api_exceptions.Aborted),
-    initial=0.5, maximum=10.0, multiplier=2.0, timeout=120.0)
+DEFAULT_RETRY_SECONDS = 120.0
+# Errors worth retrying: Firestore unreachable or overloaded, or a call that timed out.
+_TRANSIENT = (api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded,
+              api_exceptions.InternalServerError, api_exceptions.Aborted,
+              api_exceptions.TooManyRequests)
+
+
+class FirestoreUnavailable(RuntimeError):
+  """Firestore kept failing for the whole retry budget. Raised from the writer, it fails the
+  bundle: Dataflow retries the bundle, a local runner fails the run with this message."""
 # A precondition failed: someone wrote one of the documents between our read and our commit.
 _RACE = (api_exceptions.FailedPrecondition, api_exceptions.AlreadyExists,
          api_exceptions.NotFound)
@@ -82,7 +84,9 @@ class _CommitBatchFn(beam.DoFn):
   Outputs `(document id, document, written_at)` for every document written.
   """
 
-  def __init__(self, project: str, database: str, collection: str):
+  def __init__(self, project: str, database: str, collection: str,
+               retry_seconds: float = DEFAULT_RETRY_SECONDS):
+    self._retry_seconds = retry_seconds
     self._project = project
     self._database = database
     self._collection = collection
@@ -92,11 +96,23 @@ class _CommitBatchFn(beam.DoFn):
     self._stale = metrics.counter(metrics.DOCUMENTS_STALE_SKIPPED)
     self._commits = metrics.counter(metrics.FIRESTORE_COMMITS)
     self._superseded = metrics.counter(metrics.DOCUMENTS_SUPERSEDED)
+    self._retries = metrics.counter(metrics.FIRESTORE_RETRIES)
 
   def setup(self):
     from google.cloud import firestore  # honours FIRESTORE_EMULATOR_HOST
     self._client = firestore.Client(project=self._project, database=self._database)
     self._server_time = firestore.SERVER_TIMESTAMP
+    # Transient errors are retried with exponential backoff and jitter (google.api_core) for at
+    # most `retry_seconds`, each call bounded by `_call_timeout`; then FirestoreUnavailable.
+    self._call_timeout = max(1.0, min(30.0, self._retry_seconds / 2))
+    self._retry = api_retry.Retry(predicate=api_retry.if_exception_type(*_TRANSIENT),
+                                  initial=0.5, maximum=10.0, multiplier=2.0,
+                                  timeout=self._retry_seconds, on_error=self._on_error)
+
+  def _on_error(self, err):
+    self._retries.inc()
+    _log.warning('Firestore call failed (%s: %s); retrying with backoff for up to %.0f s',
+                 type(err).__name__, str(err)[:200], self._retry_seconds)
 
   def process(self, batch):
     # A streaming fold emits a document per event, so one batch can hold several versions of a
@@ -112,6 +128,11 @@ class _CommitBatchFn(beam.DoFn):
         if attempt == MAX_PRECONDITION_ATTEMPTS:
           raise
         _log.info('documents changed during a commit (%s); reading them again', err)
+      except (api_exceptions.RetryError, *_TRANSIENT) as err:
+        raise FirestoreUnavailable(
+            f'Firestore ({self._project}, collection {self._collection}) kept failing for '
+            f'{self._retry_seconds:.0f} s of retries; {len(latest)} documents of this batch are '
+            f'not written: {type(err).__name__}: {str(err)[:300]}') from err
     self._commits.inc()
     self._written.inc(len(written))
     self._deleted.inc(deleted)
@@ -123,8 +144,9 @@ class _CommitBatchFn(beam.DoFn):
   def _commit(self, latest: dict):
     collection = self._client.collection(self._collection)
     refs = {doc_id: collection.document(doc_id) for doc_id in latest}
-    stored = {snap.id: snap for snap in self._client.get_all(list(refs.values()),
-                                                             field_paths=['last_event_at'])}
+    stored = {snap.id: snap for snap in self._client.get_all(
+        list(refs.values()), field_paths=['last_event_at'], retry=self._retry,
+        timeout=self._call_timeout)}
     writes = self._client.batch()
     written, deleted, stale = [], 0, 0
     for doc_id, document in latest.items():
@@ -147,7 +169,7 @@ class _CommitBatchFn(beam.DoFn):
         writes.create(refs[doc_id], data)
       written.append((doc_id, document))
     if written or deleted:
-      writes.commit(retry=_COMMIT_RETRY, timeout=60.0)
+      writes.commit(retry=self._retry, timeout=self._call_timeout)
     return written, deleted, stale
 
   def teardown(self):
@@ -166,11 +188,17 @@ class WriteDocuments(beam.PTransform):
   A document replaces the stored one (unless the stored one reflects newer events) and gets
   `updated_at` = commit time; None deletes the stored document (consent withdrawn). Output: a
   tuple with `written` — `(document id, document, written_at micros)` per document written — and
-  `dead_letter` for ids Firestore cannot store. Honours FIRESTORE_EMULATOR_HOST.
+  `dead_letter` for ids Firestore cannot store. Honours FIRESTORE_EMULATOR_HOST. Transient
+  Firestore errors are retried with backoff for up to `retry_seconds` (counted in
+  `firestore_retries`); after that the bundle fails with FirestoreUnavailable, never silently.
   """
 
-  def __init__(self, project: str, collection: str, database: str = '(default)'):
+  def __init__(self, project: str, collection: str, database: str = '(default)',
+               retry_seconds: float = DEFAULT_RETRY_SECONDS):
     super().__init__()
+    if retry_seconds <= 0:
+      raise ValueError(f'retry_seconds must be positive, got {retry_seconds}')
+    self._retry_seconds = retry_seconds
     if not project or not collection:
       raise ValueError('WriteDocuments needs a project and a collection')
     if '/' in collection:
@@ -186,5 +214,6 @@ class WriteDocuments(beam.PTransform):
                | 'Batch' >> beam.BatchElements(min_batch_size=MAX_BATCH_WRITES,
                                                max_batch_size=MAX_BATCH_WRITES)
                | 'Commit' >> beam.ParDo(
-                   _CommitBatchFn(self._project, self._database, self._collection)))
+                   _CommitBatchFn(self._project, self._database, self._collection,
+                                  self._retry_seconds)))
     return _WriteOutputs(written, checked.dead_letter)
