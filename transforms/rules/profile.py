@@ -34,6 +34,10 @@ MAX_RECENTLY_VIEWED = 10
 MAX_TOP_CATEGORIES = 3
 MAX_RECOMMENDATIONS = 4
 _CENT = decimal.Decimal('0.01')
+# Money arithmetic. Decimal's default 28 digits cannot round a cart line at the contract's maximum
+# price (10^15) and a large quantity to cents (quantize raises InvalidOperation) and would round
+# products silently; 60 digits keep every sum exact.
+_MONEY = decimal.Context(prec=60)
 _MICROS_PER_MINUTE = 60 * 1_000_000
 _MICROS_PER_DAY = 24 * 60 * _MICROS_PER_MINUTE
 _PRODUCT_FIELDS = ('name', 'category', 'price', 'url', 'image_url')
@@ -87,7 +91,7 @@ def apply(state: dict, event: dict) -> dict:
   properties = event.get('properties') if isinstance(event.get('properties'), dict) else {}
   product_id = event.get('product_id')
   if product_id is not None and name in (PRODUCT_VIEWED, PRODUCT_ADDED, PRODUCT_REMOVED):
-    _remember_product(state, product_id, properties, event.get('price'))
+    _remember_product(state, product_id, properties, _amount(event.get('price')))
   if name == PRODUCT_VIEWED and product_id is not None:
     _score(state, product_id, VIEW_WEIGHT)
     views = state['views']
@@ -143,16 +147,16 @@ def _apply_order(state: dict, event: dict, properties: dict, at: int) -> None:
     if not isinstance(line, dict) or line.get('product_id') is None:
       continue
     product_id = str(line['product_id'])
-    price = _decimal(line.get('price'))
+    price = _amount(line.get('price'))
     quantity = int(line.get('quantity') or 1)
     if price is not None:
-      lines_value += price * quantity
+      lines_value = _MONEY.add(lines_value, _MONEY.multiply(price, quantity))
     _remember_product(state, product_id, line, price)
     _score(state, product_id, ORDER_WEIGHT)
     products.append(product_id)
-  value = event.get('total')
+  value = _amount(event.get('total'))
   if value is None:
-    value = event.get('revenue')
+    value = _amount(event.get('revenue'))
   if value is None:
     value = lines_value
   order_id = event.get('order_id') or event['message_id']
@@ -188,6 +192,18 @@ def _newest(current: tuple | None, at: int, value: Any) -> tuple:
 
 def _max(current: int | None, at: int) -> int:
   return at if current is None or at > current else current
+
+
+def _amount(value: Any) -> decimal.Decimal | None:
+  """A price or order amount the profile can use: a number >= 0, else None (unknown).
+
+  Events may carry negative money (the contract allows +-10^15: refunds, discounts, client bugs),
+  but a negative price is not what a product costs, and summing one would show a negative cart
+  value or lifetime value. The fold ignores it, as if absent (an order then falls back to its
+  revenue, then to the sum of its products).
+  """
+  amount = _decimal(value)
+  return amount if amount is not None and amount >= 0 else None
 
 
 def _decimal(value: Any) -> decimal.Decimal | None:
@@ -286,7 +302,7 @@ def _render_cart(state: dict, reference_time: int, catalog, settings: Settings) 
     fields = _product(state, product_id, catalog)
     price = _decimal(fields['price'])
     if price is not None:
-      value += price * quantity  # exact; rounded to cents once, on the total
+      value = _MONEY.add(value, _MONEY.multiply(price, quantity))  # rounded once, on the total
     items.append({'product_id': product_id, 'name': fields['name'],
                   'price': None if price is None else money(price), 'quantity': quantity})
     if currency is None:
@@ -311,7 +327,7 @@ def _render_orders(state: dict) -> dict:
             'currency': None}
   last_id, last = max(orders, key=lambda item: (item[1]['at'], item[0]))
   return {'count': len(orders),
-          'lifetime_value': money(sum((o['value'] for _, o in orders), decimal.Decimal(0))),
+          'lifetime_value': money(_sum(o['value'] for _, o in orders)),
           'last_order_id': last_id, 'last_order_at': _time(last['at']),
           'currency': last['currency'] or 'USD'}
 
@@ -321,7 +337,7 @@ def segment(state: dict, reference_time: int, settings: Settings = Settings()) -
   orders = _live_orders(state)
   if not orders:
     return 'prospect'
-  lifetime = sum((o['value'] for _, o in orders), decimal.Decimal(0))
+  lifetime = _sum(o['value'] for _, o in orders)
   if lifetime >= settings.vip_lifetime_value or len(orders) >= settings.vip_order_count:
     return 'vip'
   last_at = max(o['at'] for _, o in orders)
@@ -342,8 +358,18 @@ def top_categories(state: dict, catalog) -> list[str]:
 
 
 def money(value: Any) -> float:
-  """Money for the document: rounded half-even to cents, as a number."""
-  return float(decimal.Decimal(str(value)).quantize(_CENT, rounding=decimal.ROUND_HALF_EVEN))
+  """Money for the document: rounded half-even to cents, as a number (never -0.0, which an email
+  would show as "-0.00")."""
+  amount = decimal.Decimal(str(value)).quantize(_CENT, rounding=decimal.ROUND_HALF_EVEN,
+                                                context=_MONEY)
+  return float(amount.copy_abs() if amount.is_zero() else amount)
+
+
+def _sum(amounts: Iterable[decimal.Decimal]) -> decimal.Decimal:
+  total = decimal.Decimal(0)
+  for amount in amounts:
+    total = _MONEY.add(total, amount)
+  return total
 
 
 def _time(micros: int | None):
