@@ -49,3 +49,22 @@ def test_write_documents_rejects_bad_configuration():
     firestore.WriteDocuments('', 'customers')
   with pytest.raises(ValueError, match='top-level collection'):
     firestore.WriteDocuments('p', 'a/b/c')
+
+
+def test_a_row_bigquery_rejects_becomes_a_dead_letter_with_the_row_and_the_reason():
+  """The per-row rejection path (WriteToBigQuery's failed_rows_with_errors). The BigQuery
+  emulator never rejects single rows (it accepts unknown columns and answers 500, which Beam
+  retries, to a type error), so this path is checked here, without it."""
+  import base64
+  import orjson
+  fn = bigquery._RejectedToDeadLetterFn('events', 'WriteEvents')
+  row = {'message_id': 'm1', 'quantity': 'abc'}
+  errors = [{'reason': 'invalid', 'location': 'quantity', 'message': 'Cannot convert'}]
+  [record] = list(fn.process(('demo-local:ds.events', row, errors)))
+  assert record['failure_type'] == bigquery.SINK_REJECTED == 'sink_rejected'
+  assert record['step'] == 'WriteEvents'
+  assert 'demo-local:ds.events' in record['error_message'] and 'Cannot convert' in \
+      record['error_message']
+  payload = record['payload'] if record['payload_encoding'] != 'base64' else \
+      base64.b64decode(record['payload']).decode()
+  assert orjson.loads(payload) == row
