@@ -4,9 +4,14 @@
     POST /v1/personalization:batchGet        {"customer_ids": [...]}   (at most 100)
     GET  /healthz   GET /readyz   GET /metrics
 
-Every /v1 endpoint needs an API key (`Authorization: Bearer KEY` or `X-API-Key: KEY`), checked
-before anything is looked up, so a 401 never says whether a customer exists. Unknown and
+Every endpoint but /healthz and /readyz needs an API key (`Authorization: Bearer KEY` or
+`X-API-Key: KEY`), checked before anything is looked up, so a 401 never says whether a customer
+exists; /metrics too (endpoint names, request rates and cache ratios are not public). Unknown and
 suppressed customers are 404 with a small JSON body (an ESP renders its fallback content).
+Malformed requests get a 4xx with a small JSON body: more than MAX_HEADERS headers or
+MAX_HEADER_BYTES of them 431, a batchGet body over MAX_BODY_BYTES 413 (read no further), one
+declared as anything but JSON 415. There is no OpenAPI document and no trailing-slash redirect
+(Starlette builds its Location from the Host header).
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import logging
 import time
 
 import orjson
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest
@@ -25,7 +30,15 @@ from connector.config import Settings
 from connector.store import DocumentStore, StoreUnavailable, TtlCache
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 16 * 1024
+# The only routes that answer without an API key.
+PUBLIC_PATHS = ('/healthz', '/readyz')
 _log = logging.getLogger('connector.access')
+
+
+class _Unauthorized(Exception):
+  """No valid API key: answered 401 by the app's handler, before anything else is looked at."""
 
 
 def _json(status: int, body, headers: dict | None = None) -> Response:
@@ -47,14 +60,12 @@ def create_app(settings: Settings, store: DocumentStore | None = None):
                           ['result'], registry=registry)
   cache_control = f'private, max-age={int(settings.cache_ttl_seconds)}'
 
-  app = FastAPI(title='ESP personalization connector', docs_url=None, redoc_url=None,
-                openapi_url='/openapi.json')
-
   def authorized(request: Request) -> bool:
     header = request.headers.get('authorization', '')
-    offered = header[7:].strip() if header[:7].lower() == 'bearer ' else request.headers.get(
+    offered = header[7:] if header[:7].lower() == 'bearer ' else request.headers.get(
         'x-api-key', '')
-    offered = offered.encode()
+    # Surrounding whitespace is not part of a header value (RFC 9110 5.5), whichever header.
+    offered = offered.strip(' \t').encode()
     # Compare against every key (no early exit), each in constant time.
     matches = [hmac.compare_digest(offered, key) for key in keys]
     return bool(offered) and any(matches)
@@ -64,6 +75,17 @@ def create_app(settings: Settings, store: DocumentStore | None = None):
 
   def unavailable() -> Response:
     return _json(503, {'error': 'unavailable'}, {'Retry-After': '1'})
+
+  async def require_key(request: Request) -> None:
+    """Every route but PUBLIC_PATHS needs a key. An app-wide dependency, so a new route is covered
+    without anyone remembering, and it runs before FastAPI validates the query (a 422 would
+    otherwise answer without a key)."""
+    if request.scope['route'].path not in PUBLIC_PATHS and not authorized(request):
+      raise _Unauthorized()
+
+  app = FastAPI(title='ESP personalization connector', docs_url=None, redoc_url=None,
+                openapi_url=None, redirect_slashes=False, dependencies=[Depends(require_key)])
+  app.add_exception_handler(_Unauthorized, lambda request, exc: unauthorized())
 
   async def lookup(ids: list[str]) -> dict[str, dict | None]:
     found, missing = {}, []
@@ -84,8 +106,6 @@ def create_app(settings: Settings, store: DocumentStore | None = None):
   @app.get('/v1/customers/{customer_id}/personalization')
   async def personalization(request: Request, customer_id: str, fields: str | None = None,
                             limit_recommendations: int | None = Query(None, ge=0, le=100)):
-    if not authorized(request):
-      return unauthorized()
     try:
       shaping.check_customer_id(customer_id)
       wanted = shaping.parse_fields(fields)
@@ -107,13 +127,11 @@ def create_app(settings: Settings, store: DocumentStore | None = None):
 
   @app.post('/v1/personalization:batchGet')
   async def batch_get(request: Request):
-    if not authorized(request):
-      return unauthorized()
-    declared = request.headers.get('content-length')
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY_BYTES):
-      return _json(413, {'error': 'payload_too_large', 'message': f'at most {MAX_BODY_BYTES} bytes'})
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
+    media_type = request.headers.get('content-type', 'application/json').split(';')[0]
+    if media_type.strip().lower() != 'application/json':
+      return _json(415, {'error': 'unsupported_media_type', 'message': 'send application/json'})
+    raw = await _body(request, MAX_BODY_BYTES)
+    if raw is None:
       return _json(413, {'error': 'payload_too_large', 'message': f'at most {MAX_BODY_BYTES} bytes'})
     try:
       body = orjson.loads(raw)
@@ -163,6 +181,26 @@ def create_app(settings: Settings, store: DocumentStore | None = None):
   return _Observed(app, requests, latency)
 
 
+async def _body(request: Request, limit: int) -> bytes | None:
+  """The request body, or None as soon as it is known to exceed `limit` bytes (by its declared
+  length, or while reading a chunked one): a 10 MB body is refused without holding it."""
+  declared = request.headers.get('content-length')
+  if declared is not None and (not declared.isdigit() or int(declared) > limit):
+    return None
+  chunks, size = [], 0
+  async for chunk in request.stream():
+    size += len(chunk)
+    if size > limit:
+      return None
+    chunks.append(chunk)
+  return b''.join(chunks)
+
+
+def _headers_too_large(headers: list[tuple[bytes, bytes]]) -> bool:
+  return len(headers) > MAX_HEADERS or sum(
+      len(name) + len(value) for name, value in headers) > MAX_HEADER_BYTES
+
+
 class _Observed:
   """Pure ASGI wrapper around the app (Starlette's BaseHTTPMiddleware costs a task per request):
   request counts, the latency histogram and one JSON access-log line per API request. Routing
@@ -186,7 +224,13 @@ class _Observed:
       await send(message)
 
     try:
-      await self.app(scope, receive, sending)
+      if _headers_too_large(scope['headers']):
+        # The server (httptools) sets no limit of its own; nothing legitimate sends this much.
+        await _json(431, {'error': 'headers_too_large',
+                          'message': f'at most {MAX_HEADERS} headers, {MAX_HEADER_BYTES} bytes'})(
+                              scope, receive, sending)
+      else:
+        await self.app(scope, receive, sending)
     finally:
       endpoint = getattr(scope.get('route'), 'path', 'unmatched')
       elapsed = time.perf_counter() - started

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from typing import Any, Iterable
 
 import orjson
@@ -14,6 +15,10 @@ import orjson
 import schemas
 
 MAX_ID_LENGTH = 256
+# Longer than every served field name joined: anything longer is not a projection.
+MAX_FIELDS_LENGTH = 1024
+# Firestore reserves document ids of this form; asking for one fails the whole lookup batch.
+_RESERVED_ID = re.compile(r'__.*__', re.DOTALL)
 
 
 class BadRequest(ValueError):
@@ -28,6 +33,8 @@ def parse_fields(raw: str | None) -> tuple[str, ...]:
   """`?fields=a,b` -> the requested served fields (all when absent)."""
   if raw is None or not raw.strip():
     return served_fields()
+  if len(raw) > MAX_FIELDS_LENGTH:
+    raise BadRequest(f'fields must be at most {MAX_FIELDS_LENGTH} characters')
   requested = tuple(dict.fromkeys(f.strip() for f in raw.split(',') if f.strip()))
   unknown = [f for f in requested if f not in served_fields()]
   if unknown:
@@ -42,6 +49,8 @@ def check_customer_id(customer_id: str) -> None:
     raise BadRequest(f'customer id must be 1 to {MAX_ID_LENGTH} characters')
   if '/' in customer_id or customer_id in ('.', '..') or not customer_id.isprintable():
     raise BadRequest('customer id contains characters that cannot name a customer')
+  if _RESERVED_ID.fullmatch(customer_id):
+    raise BadRequest('customer id has a form Firestore reserves (__name__)')
 
 
 def _plain(value: Any) -> Any:

@@ -188,7 +188,8 @@ def test_health_readiness_and_metrics(api):
   client, _ = api
   assert client.get('/healthz').json() == {'status': 'ok'}
   assert client.get('/readyz').json() == {'status': 'ready'}
-  metrics = client.get('/metrics').text
+  assert client.get('/metrics').status_code == 401  # only health answers without a key
+  metrics = client.get('/metrics', headers={'Authorization': f'Bearer {KEY}'}).text
   assert 'connector_requests_total{endpoint="/v1/customers/{customer_id}/personalization"' in metrics
   assert 'connector_request_seconds_bucket' in metrics
   assert 'connector_cache_lookups_total{result="hit"}' in metrics

@@ -107,3 +107,15 @@ def test_raw_decoding_matches_the_firestore_library_then_shaping():
   assert ours == shaping.shape(library, list(stored))
   assert ours['t'] == '2026-11-29T03:04:05.123456Z' and ours['t0'] == '1999-01-02T03:04:05Z'
   assert ours['i'] == -(2**62) and ours['n'] is None and ours['empty_map'] == {}
+
+
+def test_ids_firestore_reserves_and_oversized_projections_are_bad_requests():
+  # A reserved id made Firestore fail the whole micro-batched lookup: 503 for every request in it.
+  for bad in ('__name__', '__x__', '____', '__a b__'):
+    with pytest.raises(shaping.BadRequest, match='reserves'):
+      shaping.check_customer_id(bad)
+  for fine in ('__', '___', '_x_', '__x', 'x__', 'a__b__'):
+    shaping.check_customer_id(fine)
+  with pytest.raises(shaping.BadRequest, match='at most'):
+    shaping.parse_fields('cart,' * 300)
+  assert shaping.parse_fields(','.join(shaping.served_fields())) == shaping.served_fields()
