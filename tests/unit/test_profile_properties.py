@@ -211,7 +211,7 @@ def test_the_strategy_reaches_more_views_than_recently_viewed_keeps():
   assert len(views_of_c1(found)) > profile.MAX_RECENTLY_VIEWED
 
 
-# ---- regressions: what the property found, as explicit examples --------------------------------
+# ---- regressions: what the property found, as explicit examples ----------------------------------
 
 _ids = iter(range(10**6))
 
