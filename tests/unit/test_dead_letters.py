@@ -1,4 +1,9 @@
 import hashlib
+import re
+import time
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from transforms.rules import dead_letters
 
@@ -27,3 +32,30 @@ def test_emails_are_redacted_from_payload_and_message():
   assert f'[email-sha256:{digest}]' in record['payload']
   assert f'[email-sha256:{digest}]' in record['error_message']
   assert 'Zoë' in record['payload']
+
+
+# The pattern before the linear one: the oracle for which addresses are found.
+_QUADRATIC = re.compile(rb'[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+')
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from([b'a', b'B', b'7', b'.', b'_', b'+', b'-', b'%', b'@', b' ', b'"',
+                                 b'\xc3\xa9', b'ann', b'@x.io', b'.co', b'\n']), max_size=40))
+def test_redaction_finds_the_same_addresses_as_the_plain_pattern(parts):
+  data = b''.join(parts)
+  expected = _QUADRATIC.sub(
+      lambda m: b'[email-sha256:' + hashlib.sha256(m.group().lower()).hexdigest().encode() + b']',
+      data)
+  assert dead_letters.redact_emails(data) == expected
+
+
+def test_redaction_is_linear_in_long_runs_without_an_address():
+  # 32 KB of `x` (an oversized message) took 1.6 s, 128 KB 20 s: quadratic. 4 MB now takes
+  # milliseconds; the bound is loose for a loaded machine.
+  for data in (b'x' * (4 << 20), b'x@' * (2 << 20), b'a@' + b'b' * (4 << 20)):
+    started = time.perf_counter()
+    assert dead_letters.redact_emails(data) == data
+    assert time.perf_counter() - started < 2
+  record = dead_letters.dead_letter('size_violation', 'too big', 's', b'{"x":"' + b'y' * 40_000
+                                    + b'","e":"a@b.io"}', 'pubsub', 0)
+  assert 'a@b.io' not in record['payload'] and '[email-sha256:' in record['payload']

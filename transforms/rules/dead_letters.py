@@ -9,7 +9,11 @@ from typing import Mapping
 
 # An email address anywhere in a payload. Dead letters keep the original payload, but raw emails
 # are never stored: each address is replaced by the same SHA-256 the pipeline stores for it.
-_EMAIL = re.compile(rb'[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+')
+# The pattern matches every run of local-part characters, with the rest of an address when one
+# follows (only those are replaced), and its quantifiers never give back. `[...]+@...` alone
+# rescans a run without an `@` from each of its positions: quadratic (1.6 s for 32 KB of `x`,
+# 20 s for 128 KB, hours for the 10 MB a Pub/Sub message may hold). The addresses are the same.
+_EMAIL = re.compile(rb'[A-Za-z0-9._%+\-]++(?:@[A-Za-z0-9\-]++(?:\.[A-Za-z0-9\-]++)++)?')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +60,14 @@ def dead_letter(failure_type: str,
 
 def redact_emails(data: bytes) -> bytes:
   """Replaces every email address in `data` by `[email-sha256:<hex of trimmed lower-case>]`."""
-  return _EMAIL.sub(
-      lambda m: b'[email-sha256:' + hashlib.sha256(m.group().lower()).hexdigest().encode() + b']',
-      data)
+  return _EMAIL.sub(_redact, data)
+
+
+def _redact(match: re.Match) -> bytes:
+  found = match.group()
+  if b'@' not in found:  # a run of local-part characters, no address
+    return found
+  return b'[email-sha256:' + hashlib.sha256(found.lower()).hexdigest().encode() + b']'
 
 
 def original_payload(record: dict) -> bytes:
