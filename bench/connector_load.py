@@ -148,7 +148,7 @@ def main(argv=None) -> int:
     asyncio.run(drive(base, warm, args.rate, args.warmup_seconds))
     baseline = asyncio.run(drive(base, ['/healthz'], args.rate, args.seconds))
     measured = asyncio.run(drive(base, personalization, args.rate, args.seconds))
-    metrics = httpx.get(base + '/metrics').text
+    metrics = httpx.get(base + '/metrics', headers={'Authorization': f'Bearer {KEY}'}).text
   finally:
     if server is not None:
       server.terminate()
