@@ -69,10 +69,6 @@ def test_the_scanner_finds_a_planted_email():
     assert [h[0] for h in hits] == [where], planted
 
 
-@pytest.mark.xfail(strict=True, reason='the parser removes only traits.email, properties.email '
-                   'and context.traits.email (docs/DATA_CONTRACT.md): an address under any other '
-                   'key or inside a URL is stored as sent. Remove this mark once '
-                   'transforms/rules/events.py redacts addresses everywhere.')
 def test_an_email_outside_the_email_fields_is_not_stored():
   event = {'type': 'track', 'event': 'Product Viewed', 'userId': 'c1', 'messageId': 'm1',
            'timestamp': '2026-11-01T00:00:00Z',

@@ -190,3 +190,22 @@ def test_commerce_values_out_of_contract_are_rejected(properties, words):
   result = parse({**PRODUCT_VIEWED, 'properties': properties})
   assert isinstance(result, Rejection) and result.failure_type == events.SCHEMA_VIOLATION
   assert words in result.message
+
+
+def test_email_addresses_anywhere_in_free_form_fields_become_tokens():
+  import hashlib
+  import json as _json
+  from transforms.rules import events as rules
+  raw = {'type': 'track', 'event': 'Product Viewed', 'userId': 'c1', 'messageId': 'm-email',
+         'timestamp': '2026-11-01T00:00:00Z',
+         'properties': {'recipient': 'Ann@Example.com', 'list': ['x', 'cc: bo@example.org'],
+                        'bo@example.org': 1, 'plain': 'no address here'},
+         'context': {'page': {'url': 'https://shop.example.com/?e=ann@example.com'}}}
+  record = rules.parse_event(_json.dumps(raw).encode(), 'file:x', 0)
+  token = '[email-sha256:' + hashlib.sha256(b'ann@example.com').hexdigest() + ']'
+  assert record['properties']['recipient'] == token
+  assert record['properties']['list'] == ['x', 'cc: [email-sha256:' + hashlib.sha256(
+      b'bo@example.org').hexdigest() + ']']
+  assert '@' not in _json.dumps(record['properties']) + _json.dumps(record['context'])
+  assert record['properties']['plain'] == 'no address here'
+  assert record['context']['page']['url'] == 'https://shop.example.com/?e=' + token

@@ -15,7 +15,7 @@ import fastjsonschema
 import orjson
 
 import schemas
-from transforms.rules.dead_letters import Rejection
+from transforms.rules.dead_letters import Rejection, redact_emails
 
 DEFAULT_MAX_MESSAGE_BYTES = 32 * 1024
 DEFAULT_CURRENCY = 'USD'
@@ -102,6 +102,11 @@ def parse_event(payload: bytes | str,
   traits = raw.get('traits')
   context = raw.get('context')
   email = _pop_email(traits, properties, context)
+  if (b'@' if isinstance(payload, bytes) else '@') in payload:
+    # An address under any other key (`recipient`, `Email`, a URL's query) is stored nowhere
+    # either: every string of the free-form fields gets the token dead letters use.
+    properties, traits, context = (_redacted(properties), _redacted(traits),
+                                   _redacted(context))
   commerce = _commerce(properties or {})
   if isinstance(commerce, Rejection):
     return commerce
@@ -244,6 +249,18 @@ def _nested_deeper_than(value: dict | list, limit: int, payload: bytes | str) ->
 
 def _micros_or_none(value: dt.datetime | None) -> int | None:
   return None if value is None else schemas.datetime_to_micros(value)
+
+
+def _redacted(value: Any) -> Any:
+  """`value` (parsed JSON) with every email address in its strings (keys included) replaced by
+  `[email-sha256:<hex>]` (transforms.rules.dead_letters.redact_emails)."""
+  if isinstance(value, str):
+    return redact_emails(value.encode()).decode() if '@' in value else value
+  if isinstance(value, dict):
+    return {_redacted(k): _redacted(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_redacted(v) for v in value]
+  return value
 
 
 def _pop_email(traits: Any, properties: Any, context: Any) -> str | None:
