@@ -11,6 +11,7 @@ This package imports nothing else of the project.
 from __future__ import annotations
 
 import datetime as _dt
+import decimal as _decimal
 import functools
 import json
 import pathlib
@@ -175,6 +176,45 @@ def _convert(name: str, record: dict, json_as_text: bool) -> dict:
     value = record.get(field_name)
     row[field_name] = value if value is None or convert is None else convert(value)
   return row
+
+
+@functools.cache
+def _decimal_fields(name: str) -> tuple[str, ...]:
+  """Top-level fields of record `name` that hold Decimals (Avro decimal logical type)."""
+  found = []
+  for field in avro_schema(name)['fields']:
+    branches = field['type'] if isinstance(field['type'], list) else [field['type']]
+    if any(isinstance(b, dict) and b.get('logicalType') == 'decimal' for b in branches):
+      found.append(field['name'])
+  return tuple(found)
+
+
+def encode_record(name: str, record: dict) -> bytes:
+  """An in-pipeline record of `name` as compact bytes, for the shuffles of a Beam graph.
+
+  orjson rather than Beam's default coder for dicts (FastPrimitivesCoder): measured on parsed
+  events, 29.5 us to encode and decode one against about 10 us here, and events cross two shuffles
+  in batch (dedupe, grouping by customer). Decimal fields travel as exact text; `decode_record`
+  restores them. Nested values must be JSON types (they come from parsed JSON).
+  """
+  decimals = _decimal_fields(name)
+  if any(record.get(field) is not None for field in decimals):
+    record = dict(record)
+    for field in decimals:
+      value = record.get(field)
+      if value is not None:
+        record[field] = str(value)
+  return orjson.dumps(record)
+
+
+def decode_record(name: str, data: bytes) -> dict:
+  """The inverse of `encode_record`."""
+  record = orjson.loads(data)
+  for field in _decimal_fields(name):
+    value = record.get(field)
+    if value is not None:
+      record[field] = _decimal.Decimal(value)
+  return record
 
 
 def micros_to_rfc3339(micros: int) -> str:

