@@ -76,3 +76,18 @@ def test_unknown_schema_is_a_clear_error():
 
 def test_supported_types_come_from_the_input_contract():
   assert schemas.supported_event_types() == ('track', 'identify', 'page')
+
+
+def test_encoded_records_decode_to_equal_records_decimals_included():
+  import decimal
+  import schemas
+  event = {'message_id': 'm1', 'price': decimal.Decimal('18.990000001'), 'total': None,
+           'revenue': decimal.Decimal('-0.5'), 'quantity': 2, 'event_time': 1764374400000000,
+           'properties': {'nested': [1, 2.5, 'x', None, {'a': True}]}, 'user_id': None}
+  data = schemas.encode_record('events', event)
+  assert isinstance(data, bytes)
+  back = schemas.decode_record('events', data)
+  assert back == event
+  assert isinstance(back['price'], decimal.Decimal) and isinstance(back['revenue'],
+                                                                  decimal.Decimal)
+  assert event['price'] == decimal.Decimal('18.990000001')  # the input is not modified
