@@ -21,47 +21,76 @@ class ProfileOutputs(typing.NamedTuple):
   popularity: beam.PCollection  # streaming: (product_id, popularity document); batch: empty
 
 
-def _links(event):
-  found = identity.link(event)
-  if found is not None:
-    yield found
+class _RouteFn(beam.DoFn):
+  """event -> (customer_id, encoded event) for an identified event; (anonymous_id, encoded
+  event) on `anonymous` for the others; the (anonymous_id, (event_time, user_id)) link it carries
+  on `links`. One step over every event for what took three (links, attribution with a side
+  input, encoding): on the FnApiRunner a DoFn with a side input costs about 20 us per element
+  (Beam's per-window invoker), more than the attribution itself (docs/PERFORMANCE.md)."""
+
+  def __init__(self):
+    self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
+
+  def process(self, event):
+    found = identity.link(event)
+    if found is not None:
+      yield beam.pvalue.TaggedOutput('links', found)
+    encoded = schemas.encode_record('events', event)
+    if event.get('user_id'):
+      yield event['user_id'], encoded
+    elif event.get('anonymous_id'):
+      yield beam.pvalue.TaggedOutput('anonymous', (event['anonymous_id'], encoded))
+    else:
+      self._unlinked.inc()
 
 
-class _AttributeFn(beam.DoFn):
-  """event -> (customer_id, event) when it belongs to a customer; counts the rest."""
+class _AttachFn(beam.DoFn):
+  """(anonymous_id, {'events': [encoded...], 'user': [user_id] or []}) -> (user_id, encoded)
+  per event when the anonymous id is linked; counts the events of ids never linked."""
 
   def __init__(self):
     self._stitched = metrics.counter(metrics.EVENTS_STITCHED)
     self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
 
-  def process(self, event, links):
-    customer = identity.customer_of(event, links)
-    if customer is None:
-      self._unlinked.inc()
+  def process(self, element):
+    _, grouped = element
+    encoded = list(grouped['events'])
+    users = list(grouped['user'])
+    if not users:
+      self._unlinked.inc(len(encoded))
       return
-    if not event.get('user_id'):
-      self._stitched.inc()
-    yield customer, event
+    self._stitched.inc(len(encoded))
+    for data in encoded:
+      yield users[0], data
 
 
 class StitchIdentities(beam.PTransform):
   """Attributes events to customers.
 
-  Input: deduplicated event records (global window). Output: `(customer_id, event)` pairs: events
-  with a `user_id` under it, anonymous events under the userId their anonymousId is linked to by
-  any event in the input (earliest link wins). Anonymous events never linked produce nothing here
+  Input: deduplicated event records (global window). Output: `(customer_id, encoded event)` pairs
+  (`schemas.encode_record('events', ...)`, ready for the group by customer): events with a
+  `user_id` under it, anonymous events under the userId their anonymousId is linked to by any
+  event in the input (earliest link wins). Anonymous events never linked produce nothing here
   (they are in the warehouse already) and are counted (`events_anonymous_unlinked`).
 
+  The links are joined to the anonymous events by anonymous id (a CoGroupByKey), so only
+  anonymous events take the extra shuffle and no step over every event reads a side input.
   Batch only: the links come from the whole bounded input. Streaming stitches with a replay
   buffer instead (transforms.live_profiles.StitchLive).
   """
 
   def expand(self, events):
-    links = (events
-             | 'Links' >> beam.FlatMap(_links).with_output_types(tuple[str, tuple[int, str]])
+    routed = events | 'Route' >> beam.ParDo(_RouteFn()).with_outputs(
+        'links', 'anonymous', main='identified')
+    identified = routed.identified
+    links = (routed.links
              | 'EarliestLink' >> beam.CombinePerKey(identity.earliest)
              | 'LinkedUser' >> beam.MapTuple(lambda anonymous_id, won: (anonymous_id, won[1])))
-    return events | 'Attribute' >> beam.ParDo(_AttributeFn(), links=AsDict(links))
+    attached = ({'events': routed.anonymous, 'user': links}
+                | 'JoinLinks' >> beam.CoGroupByKey()
+                | 'Attach' >> beam.ParDo(_AttachFn()))
+    return (identified, attached) | 'Attributed' >> beam.Flatten().with_output_types(
+        tuple[str, bytes])
 
 
 def _customer_products(element):
@@ -84,16 +113,25 @@ class CustomerProductPopularity(beam.PTransform):
             | 'CountCustomers' >> beam.CombinePerKey(sum))
 
 
-def _encoded(customer_id, event):
-  return customer_id, schemas.encode_record('events', event)
-
-
 def _decoded(customer_id, encoded):
   return customer_id, [schemas.decode_record('events', data) for data in encoded]
 
 
-def _max_time(values):
-  return max(values, default=0)
+class _NewestEventTime(beam.CombineFn):
+  """events -> the largest `event_time` (0 for none). A CombineFn on the events themselves
+  rather than a Map to times and a max: one step less over every event."""
+
+  def create_accumulator(self):
+    return 0
+
+  def add_input(self, newest, event):
+    return max(newest, event['event_time'])
+
+  def merge_accumulators(self, accumulators):
+    return max(accumulators, default=0)
+
+  def extract_output(self, newest):
+    return newest
 
 
 class ReferenceTime(beam.PTransform):
@@ -106,9 +144,7 @@ class ReferenceTime(beam.PTransform):
   def expand(self, events):
     if self._as_of is not None:
       return events.pipeline | 'AsOf' >> beam.Create([self._as_of])
-    return (events
-            | 'EventTimes' >> beam.Map(lambda e: e['event_time'])
-            | 'Newest' >> beam.CombineGlobally(_max_time))
+    return events | 'Newest' >> beam.CombineGlobally(_NewestEventTime())
 
 
 def _recommender(_, catalog, popularity):
@@ -196,7 +232,6 @@ class BuildProfiles(beam.PTransform):
         pipeline | 'NoCatalog' >> beam.Create([]))
     grouped = (events
                | 'StitchIdentities' >> StitchIdentities()
-               | 'EncodeEvents' >> beam.MapTuple(_encoded).with_output_types(tuple[str, bytes])
                | 'GroupByCustomer' >> beam.GroupByKey()
                | 'DecodeEvents' >> beam.MapTuple(_decoded))
     popularity = grouped | 'ProductPopularity' >> CustomerProductPopularity()
