@@ -26,7 +26,7 @@ def _alive(pid: int) -> bool:
   return not (stat.exists() and stat.read_text().split(')')[-1].split()[0] == 'Z')
 
 
-def test_stream_runs_and_ctrl_c_stops_everything(tmp_path):
+def test_stream_runs_and_ctrl_c_stops_everything(tmp_path, monkeypatch):
   data = tmp_path / 'data'
   subprocess.run([sys.executable, '-m', 'scripts.generate_data', '--out', str(data),
                   '--events', '1500', '--customers', '100', '--files', '1'],
@@ -52,7 +52,8 @@ def test_stream_runs_and_ctrl_c_stops_everything(tmp_path):
         except localstack.LocalStackError:
           continue
       if stack is not None:
-        os.environ['FIRESTORE_EMULATOR_HOST'] = stack['FIRESTORE_EMULATOR_HOST']
+        # monkeypatch restores the suite's own value (other tests use the session stack).
+        monkeypatch.setenv('FIRESTORE_EMULATOR_HOST', stack['FIRESTORE_EMULATOR_HOST'])
         documents = sum(1 for _ in firestore.Client(project='demo-local')
                         .collection('customers').list_documents())
         if documents >= 20:
@@ -67,7 +68,6 @@ def test_stream_runs_and_ctrl_c_stops_everything(tmp_path):
     script.send_signal(signal.SIGINT)
     assert script.wait(timeout=150) == 0, output.read_text()[-3000:]
   finally:
-    os.environ.pop('FIRESTORE_EMULATOR_HOST', None)
     if script.poll() is None:
       script.kill()
       script.wait()
