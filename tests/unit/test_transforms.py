@@ -213,3 +213,14 @@ def test_hourly_activity_in_batch_one_on_time_pane_per_key(streaming):
             (10, 'c1', True, 'Order Completed', 2, '10.30', 'USD', 0, 'ON_TIME'),
             (10, 'c1', True, 'Order Completed', 1, '5', 'EUR', 0, 'ON_TIME'),
         ]))
+
+
+def test_block_line_reader_splits_across_block_boundaries():
+  import io
+  from transforms.sources import _lines
+  data = b'{"a":1}\r\n\n  \nline two\nno newline at end'
+  for block in (1, 2, 3, 7, 1 << 20):
+    assert list(_lines(io.BytesIO(data), block)) == [
+        b'{"a":1}', b'', b'  ', b'line two', b'no newline at end'], block
+  assert list(_lines(io.BytesIO(b''), 4)) == []
+  assert list(_lines(io.BytesIO(b'x\n'), 4)) == [b'x']
