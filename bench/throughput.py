@@ -18,6 +18,7 @@ import gzip
 import json
 import pathlib
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -205,6 +206,12 @@ def outputs_fingerprint(out: pathlib.Path) -> dict:
   }
 
 
+def _peak_rss_mb() -> float:
+  """Peak resident memory of this process so far (the loop and the graph share the process:
+  the peak after the first loop is the loop's; the final peak is the larger of the two)."""
+  return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--events', type=int, default=100_000)
@@ -223,6 +230,8 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     counts = reference_loop(path, path.parent / 'customers.csv', path.parent / 'catalog.csv', out)
     loop_times.append(time.perf_counter() - start)
+    if i == 0:
+      loop_peak = _peak_rss_mb()
     out = workdir / 'out-graph'
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
@@ -249,6 +258,7 @@ def main(argv=None) -> int:
       'python': platform.python_version(), 'beam': beam.__version__,
       'loop_events_per_s': round(loop_rate), 'graph_events_per_s': round(graph_rate),
       'ratio': round(graph_rate / loop_rate, 3),
+      'peak_rss_mb_loop': loop_peak, 'peak_rss_mb_overall': _peak_rss_mb(),
       'loop_seconds': [round(t, 2) for t in loop_times],
       'graph_seconds': [round(t, 2) for t in graph_times],
   }
@@ -256,7 +266,9 @@ def main(argv=None) -> int:
   print(f'{lines:,} events, median of {args.repeat}: plain loop {loop_rate:,.0f} events/s, '
         f'graph {graph_rate:,.0f} events/s, ratio {graph_rate / loop_rate:.3f} '
         f'(outputs identical: {counts["events"]:,} events, {counts["dead_letters"]:,} dead '
-        f'letters, {counts["hourly"]:,} hourly rows, {counts["documents"]:,} documents)')
+        f'letters, {counts["hourly"]:,} hourly rows, {counts["documents"]:,} documents); '
+        f'peak memory: loop {result["peak_rss_mb_loop"]:,.0f} MiB, whole run '
+        f'{result["peak_rss_mb_overall"]:,.0f} MiB')
   return 0
 
 
