@@ -24,6 +24,7 @@ from google.cloud import firestore
 
 from pipeline import run
 from scripts import generate_data, publish
+from tests.integration.helpers import stop_streaming, wait_for
 from transforms.sinks import bigquery_client
 
 PROJECT = 'demo-local'
@@ -150,27 +151,12 @@ def _event(i, user, stamp):
                        'properties': {'product_id': f'p{i % 7}', 'price': 12.5}})
 
 
-def _wait_for(predicate, timeout, what):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    value = predicate()
-    if value:
-      return value
-    time.sleep(1)
-  pytest.fail(f'timed out after {timeout} s waiting for {what}')
-
-
 def _launch(subscription, name):
   result, _ = run.launch([
       '--streaming', f'--subscription={subscription}', f'--project={PROJECT}',
       '--runner=BundleBasedDirectRunner', f'--dataset={name}', f'--collection={name}',
       f'--popularity_collection={name}-popularity', '--document_flush_seconds=0'])
   return result
-
-
-def _stop(result, topic):
-  from tests.integration.test_streaming_pipeline import _stop as stop
-  stop(result, topic)
 
 
 def test_streaming_restart_with_the_same_events_writes_nothing_twice(local_stack, unique_name):
@@ -187,12 +173,12 @@ def test_streaming_restart_with_the_same_events_writes_nothing_twice(local_stack
   job = _launch(subscription, unique_name)
   try:
     publish.publish(iter(first), topic, rate=100, keep_times=True)
-    _wait_for(lambda: count() == 20, 120, '20 events in BigQuery from the first job')
-    _wait_for(lambda: len(_documents(unique_name)) == 3, 60, 'three documents')
+    wait_for(lambda: count() == 20, 120, '20 events in BigQuery from the first job')
+    wait_for(lambda: len(_documents(unique_name)) == 3, 60, 'three documents')
     time.sleep(2)
     before = _documents(unique_name)
   finally:
-    _stop(job, topic)
+    stop_streaming(job, topic)
 
   job = _launch(subscription, unique_name)
   try:
@@ -200,11 +186,11 @@ def test_streaming_restart_with_the_same_events_writes_nothing_twice(local_stack
     # the second job has read everything published before it.
     late = _event(99, 'c9', stamp)
     publish.publish(iter(first + [late]), topic, rate=100, keep_times=True)
-    _wait_for(lambda: 'c9' in _documents(unique_name), 120, "the new customer's document")
-    _wait_for(lambda: count() >= 21, 60, 'the new event in BigQuery')
+    wait_for(lambda: 'c9' in _documents(unique_name), 120, "the new customer's document")
+    wait_for(lambda: count() >= 21, 60, 'the new event in BigQuery')
     time.sleep(3)  # give duplicates a chance to (wrongly) arrive
   finally:
-    _stop(job, topic)
+    stop_streaming(job, topic)
   ids = [r['message_id'] for r in bq.query(f'SELECT message_id FROM `{table}`').result()]
   assert sorted(ids) == sorted([f'restart-{i}' for i in range(20)] + ['restart-99'])
   after = _documents(unique_name)

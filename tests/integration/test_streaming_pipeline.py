@@ -1,15 +1,14 @@
 """The streaming pipeline against the emulators: Pub/Sub in, BigQuery and Firestore out, on the
 BundleBasedDirectRunner, stopped cleanly."""
 import collections
-import threading
 import time
 
 import orjson
-import pytest
-from google.cloud import firestore, pubsub_v1
+from google.cloud import firestore
 
 from pipeline import run
 from scripts import publish
+from tests.integration.helpers import stop_streaming, wait_for
 from transforms.sinks import bigquery_client
 
 PROJECT = 'demo-local'
@@ -21,16 +20,6 @@ def _event(i, user, minutes_ago=0, **extra):
   return orjson.dumps({'type': 'track', 'event': 'Product Viewed', 'messageId': f'live-{i}',
                        'userId': user, 'timestamp': stamp,
                        'properties': {'product_id': f'p{i % 15}', 'price': 9.5}, **extra})
-
-
-def _wait_for(predicate, timeout, what):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    value = predicate()
-    if value:
-      return value
-    time.sleep(1)
-  pytest.fail(f'timed out after {timeout} s waiting for {what}')
 
 
 def _count(bq, table):
@@ -55,8 +44,8 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
                     attributes={'origin': 'test'})
     bq = bigquery_client.cloud_client(PROJECT)
     events_table = f'{PROJECT}.{unique_name}.events'
-    _wait_for(lambda: _count(bq, events_table) >= 31, 120, '31 events in BigQuery')
-    _wait_for(lambda: _count(bq, f'{PROJECT}.{unique_name}.dead_letter') >= 2, 60,
+    wait_for(lambda: _count(bq, events_table) >= 31, 120, '31 events in BigQuery')
+    wait_for(lambda: _count(bq, f'{PROJECT}.{unique_name}.dead_letter') >= 2, 60,
               'two dead letters')
     db = firestore.Client(project=PROJECT)
 
@@ -66,7 +55,7 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
       viewed = sorted(len(d['recently_viewed']) for d in docs)
       return docs if viewed == [1, 5, 5, 5] else None
 
-    docs = _wait_for(complete_documents, 60, 'four documents with 5, 5, 5 and 1 viewed products')
+    docs = wait_for(complete_documents, 60, 'four documents with 5, 5, 5 and 1 viewed products')
     time.sleep(3)  # give duplicates a chance to (wrongly) arrive
     ids = [r['message_id'] for r in bq.query(
         f'SELECT message_id FROM `{events_table}`').result()]
@@ -90,19 +79,8 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
                 for d in db.collection(f'{unique_name}-popularity').stream()}
       return counts if len(counts) == 15 and counts.get('p10') == 2 else None
 
-    counts = _wait_for(popularity, 60, 'popularity of 15 products')
+    counts = wait_for(popularity, 60, 'popularity of 15 products')
     assert counts == {f'p{k}': 2 if k == 10 else 1 for k in range(15)}
   finally:
-    _stop(result, topic)
+    stop_streaming(result, topic)
   assert str(result.state).endswith('CANCELLED')
-
-
-def _stop(result, topic):
-  """Cancels the pipeline. The DirectRunner's Pub/Sub reader blocks in a pull for up to 30 s; one
-  more message published after cancelling wakes it (the test has checked its results by then)."""
-  stopper = threading.Thread(target=result.cancel)
-  stopper.start()
-  publisher = pubsub_v1.PublisherClient()
-  while stopper.is_alive():
-    publisher.publish(topic, b'{}').result(timeout=30)
-    stopper.join(timeout=2)

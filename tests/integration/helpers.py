@@ -1,0 +1,27 @@
+"""Helpers shared by the streaming integration tests."""
+import threading
+import time
+
+import pytest
+from google.cloud import pubsub_v1
+
+
+def wait_for(predicate, timeout, what):
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    value = predicate()
+    if value:
+      return value
+    time.sleep(1)
+  pytest.fail(f'timed out after {timeout} s waiting for {what}')
+
+
+def stop_streaming(result, topic):
+  """Cancels the pipeline. The DirectRunner's Pub/Sub reader blocks in a pull for up to 30 s; one
+  more message published after cancelling wakes it (the test has checked its results by then)."""
+  stopper = threading.Thread(target=result.cancel)
+  stopper.start()
+  publisher = pubsub_v1.PublisherClient()
+  while stopper.is_alive():
+    publisher.publish(topic, b'{}').result(timeout=30)
+    stopper.join(timeout=2)
