@@ -37,6 +37,14 @@ class UsageError(Exception):
   """A problem with the job's options or inputs, reported as one line."""
 
 
+# Numeric options and the range each must be in (checked by resolve_options).
+_POSITIVE_OPTIONS = ('dedupe_hours', 'popularity_window_hours', 'side_input_refresh_minutes',
+                     'identity_buffer_hours', 'firestore_retry_seconds', 'cart_abandon_minutes',
+                     'max_message_bytes')
+_NON_NEGATIVE_OPTIONS = ('allowed_lateness_hours', 'document_flush_seconds',
+                         'restart_dedupe_hours')
+
+
 def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
   """Parses options, fills local defaults and checks inputs. Returns (options, project)."""
   options = PipelineOptions(argv)
@@ -64,10 +72,12 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
   if not re.fullmatch(r'[A-Za-z0-9_]{1,1024}', opts.dataset or ''):
     raise UsageError(f'--dataset {opts.dataset!r} is not a BigQuery dataset id (letters, digits '
                      'and underscores; the project comes from --project)')
-  if opts.dedupe_hours <= 0:
-    raise UsageError('--dedupe_hours must be positive')
-  if opts.allowed_lateness_hours < 0:
-    raise UsageError('--allowed_lateness_hours must be zero or more')
+  for name in _POSITIVE_OPTIONS:
+    if getattr(opts, name) <= 0:
+      raise UsageError(f'--{name} must be positive')
+  for name in _NON_NEGATIVE_OPTIONS:
+    if getattr(opts, name) < 0:
+      raise UsageError(f'--{name} must be zero or more')
   for label, pattern_list in (('--events', patterns), ('--customers', [opts.customers]),
                               ('--catalog', [opts.catalog])):
     for pattern in filter(None, pattern_list):
@@ -77,26 +87,10 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
     opts.as_of_micros()
   except ValueError as err:
     raise UsageError(str(err)) from err
-  if opts.popularity_window_hours <= 0:
-    raise UsageError('--popularity_window_hours must be positive')
-  if opts.side_input_refresh_minutes <= 0:
-    raise UsageError('--side_input_refresh_minutes must be positive')
-  if opts.identity_buffer_hours <= 0:
-    raise UsageError('--identity_buffer_hours must be positive')
-  if opts.document_flush_seconds < 0:
-    raise UsageError('--document_flush_seconds must be zero or more')
-  if opts.restart_dedupe_hours < 0:
-    raise UsageError('--restart_dedupe_hours must be zero or more')
-  if opts.firestore_retry_seconds <= 0:
-    raise UsageError('--firestore_retry_seconds must be positive')
-  if opts.cart_abandon_minutes <= 0:
-    raise UsageError('--cart_abandon_minutes must be positive')
   if opts.triggers_topic:
     problem = resources.pubsub_path_problem(opts.triggers_topic, 'topic')
     if problem:
       raise UsageError(f'--triggers_topic {problem}')
-  if opts.max_message_bytes <= 0:
-    raise UsageError('--max_message_bytes must be positive')
   if opts.bigquery_write_method == bigquery_sink.FILE_LOADS and not gcp.temp_location:
     raise UsageError('--bigquery_write_method=FILE_LOADS needs --temp_location')
   return options, gcp.project
