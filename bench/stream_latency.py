@@ -12,8 +12,9 @@ start + i/rate and its `timestamp` is that due time (millisecond precision). An 
 when a snapshot of its customer's document shows `last_event_at` at or after its timestamp; its
 latency is the time that snapshot reached the listener minus its due time (so publishing late or
 slowly counts against the pipeline, never for it). Events never seen within --settle_seconds
-after the phase count as lost and are reported (their latency is infinite in the percentiles); the drained rate
-is how many events per second became visible, from the phase's start to the last visible one.
+after the phase count as lost and are reported (their latency is infinite in the percentiles);
+the drained rate is how many events per second became visible, from the phase's start to the last
+visible one.
 
 A warm-up phase on other customers comes first (JIT of the Java emulators, the runner's first
 bundles). Prints p50/p95/p99, the achieved publish rate and the highest rate whose p99 stayed

@@ -103,9 +103,9 @@ class RunSummary:
     lines.append(f'  documents written    {self.get(metrics.DOCUMENTS_WRITTEN):>10,}')
     problems = self.problems()
     if not self.exact:
-      lines.append('  (streaming: counters of a stopped local job (the DirectRunner under-counts) or '
-                   'of a job still running; a lower bound, not checked; the tables hold the exact '
-                   'counts)')
+      lines.append('  (streaming: counters of a stopped local job (the DirectRunner under-counts) '
+                   'or of a job still running; a lower bound, not checked; the tables hold the '
+                   'exact counts)')
     elif problems:
       lines.extend(f'  DOES NOT ADD UP: {p}' for p in problems)
     else:

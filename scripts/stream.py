@@ -63,7 +63,8 @@ def stop_pipeline(process: subprocess.Popen, topic: str, timeout: float = 90) ->
   """Stops a streaming job started by `start_process`: SIGTERM (the job cancels itself and prints
   its summary). The DirectRunner's Pub/Sub reader blocks in a pull for up to 30 s, so a message
   is published every 2 s until the job has exited (`{}` with the attribute wake=stop: should the
-  cancelling job still read one, it dead-letters it like any invalid event). SIGKILL to its process group after `timeout`. Returns the exit code."""
+  cancelling job still read one, it dead-letters it like any invalid event). SIGKILL to its
+  process group after `timeout`. Returns the exit code."""
   if process.poll() is not None:
     return process.returncode
   from google.cloud import pubsub_v1
