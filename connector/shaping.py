@@ -53,9 +53,14 @@ def check_customer_id(customer_id: str) -> None:
     raise BadRequest('customer id has a form Firestore reserves (__name__)')
 
 
+def iso_time(value: dt.datetime) -> str:
+  """How the connector serves a time: ISO-8601 in UTC with a `Z`."""
+  return value.astimezone(dt.timezone.utc).isoformat().replace('+00:00', 'Z')
+
+
 def _plain(value: Any) -> Any:
   if isinstance(value, dt.datetime):
-    return value.astimezone(dt.timezone.utc).isoformat().replace('+00:00', 'Z')
+    return iso_time(value)
   if isinstance(value, dict):
     return {k: _plain(v) for k, v in value.items()}
   if isinstance(value, list):

@@ -6,6 +6,8 @@ import datetime as dt
 import time
 from typing import Any, Iterable
 
+from connector import shaping
+
 
 class StoreUnavailable(Exception):
   """Firestore did not answer in time, or failed: the request gets a 503."""
@@ -116,8 +118,8 @@ class DocumentStore:
 
 
 def _iso(timestamp) -> str:
-  moment = _EPOCH + dt.timedelta(seconds=timestamp.seconds, microseconds=timestamp.nanos // 1000)
-  return moment.isoformat().replace('+00:00', 'Z')
+  return shaping.iso_time(
+      _EPOCH + dt.timedelta(seconds=timestamp.seconds, microseconds=timestamp.nanos // 1000))
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
