@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-import pathlib
 import multiprocessing
+import pathlib
 import platform
 import resource
 import shutil
@@ -33,6 +33,7 @@ import schemas
 from pipeline import graph
 from pipeline.options import PersonalizationOptions
 from scripts import generate_data
+from transforms import reference_data
 from transforms.dedupe import preference_key
 from transforms.rules import activity, dead_letters, events, identity, profile, reference, serving
 from transforms.sources import file_source
@@ -79,20 +80,11 @@ def ensure_input(workdir: pathlib.Path, count: int, seed: int) -> tuple[pathlib.
   return data / manifest['files'][0], manifest
 
 
-def _read_reference(path: pathlib.Path, parse) -> list[dict]:
-  records = []
-  for _, result in reference.parse_records(str(path), path.read_bytes(), parse):
-    if not isinstance(result, dead_letters.Rejection):
-      records.append(result)
-  return records
-
-
 def reference_loop(path: pathlib.Path, customers_path: pathlib.Path,
                    catalog_path: pathlib.Path, out: pathlib.Path) -> dict:
   """The same work as the graph, written as a plain loop."""
-  customers = {c['customer_id']: c for c in _read_reference(customers_path,
-                                                            reference.parse_customer)}
-  catalog = {p['product_id']: p for p in _read_reference(catalog_path, reference.parse_product)}
+  customers = reference_data.read_records(str(customers_path), reference.parse_customer)
+  catalog = reference_data.read_records(str(catalog_path), reference.parse_product)
   source = file_source(str(path))
   kept: dict[str, dict] = {}
   dead = []
