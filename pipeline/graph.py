@@ -60,7 +60,8 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
   parsed = _read_events(p, opts, streaming) | 'ParseEvents' >> ParseEvents(opts.max_message_bytes)
   warehouse = Warehouse(opts.view_as(GoogleCloudOptions).project, opts.dataset,
                         opts.restart_dedupe_hours) if streaming else None
-  events = parsed.events | 'DedupeEvents' >> DedupeEvents(streaming, opts.dedupe_hours, warehouse)
+  events = parsed.events | 'DedupeEvents' >> DedupeEvents(streaming, opts.dedupe_hours, warehouse,
+                                                          opts.dedupe_shards)
   # Element timestamps matter only to the streaming windows: the batch fast path of
   # HourlyActivity groups on the `event_time` field (one step less over every event).
   timed = events | 'AssignEventTime' >> AssignEventTime() if streaming else events

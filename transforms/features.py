@@ -22,11 +22,14 @@ class ProfileOutputs(typing.NamedTuple):
 
 
 class _RouteFn(beam.DoFn):
-  """event -> (customer_id, encoded event) for an identified event; (anonymous_id, encoded
-  event) on `anonymous` for the others; the (anonymous_id, (event_time, user_id)) link it carries
-  on `links`. One step over every event for what took three (links, attribution with a side
-  input, encoding): on the FnApiRunner a DoFn with a side input costs about 20 us per element
-  (Beam's per-window invoker), more than the attribution itself (docs/PERFORMANCE.md)."""
+  """event -> (customer_id, encoded fold input) for an identified event; (anonymous_id, encoded
+  fold input) on `anonymous` for the others; the (anonymous_id, (event_time, user_id)) link it
+  carries on `links`. The fold input (`profile.fold_input`, `schemas.encode_record`) is what the
+  fold, popularity and the catalog check read: about a fifth of the event, and all that the
+  shuffles after this step carry. One step over every event for what took three (links,
+  attribution with a side input, encoding): on the FnApiRunner a DoFn with a side input costs
+  about 20 us per element (Beam's per-window invoker), more than the attribution itself
+  (docs/PERFORMANCE.md)."""
 
   def __init__(self):
     self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
@@ -35,7 +38,7 @@ class _RouteFn(beam.DoFn):
     found = identity.link(event)
     if found is not None:
       yield beam.pvalue.TaggedOutput('links', found)
-    encoded = schemas.encode_record('events', event)
+    encoded = schemas.encode_record('events', profile.fold_input(event))
     if event.get('user_id'):
       yield event['user_id'], encoded
     elif event.get('anonymous_id'):
@@ -67,8 +70,9 @@ class _AttachFn(beam.DoFn):
 class StitchIdentities(beam.PTransform):
   """Attributes events to customers.
 
-  Input: deduplicated event records (global window). Output: `(customer_id, encoded event)` pairs
-  (`schemas.encode_record('events', ...)`, ready for the group by customer): events with a
+  Input: deduplicated event records (global window). Output: `(customer_id, encoded fold input)`
+  pairs (`schemas.encode_record('events', profile.fold_input(event))`, ready for the group by
+  customer): events with a
   `user_id` under it, anonymous events under the userId their anonymousId is linked to by any
   event in the input (earliest link wins). Anonymous events never linked produce nothing here
   (they are in the warehouse already) and are counted (`events_anonymous_unlinked`).
@@ -93,17 +97,21 @@ class StitchIdentities(beam.PTransform):
         tuple[str, bytes])
 
 
+def _decoded(encoded) -> list[dict]:
+  return [schemas.decode_record('events', data) for data in encoded]
+
+
 def _customer_products(element):
-  _, events = element
+  _, encoded = element
   products = set()
-  for event in events:
+  for event in _decoded(encoded):
     products.update(profile.interacted_products(event))
   for product_id in products:
     yield product_id, 1
 
 
 class CustomerProductPopularity(beam.PTransform):
-  """Input: `(customer_id, events)` groups. Output: `(product_id, distinct customers who viewed,
+  """Input: `(customer_id, encoded fold inputs)` groups. Output: `(product_id, distinct customers who viewed,
   added or bought it)`: distinct per customer from each customer's group (one pass per customer
   instead of a distinct over every (customer, product) pair of every event)."""
 
@@ -111,10 +119,6 @@ class CustomerProductPopularity(beam.PTransform):
     return (grouped
             | 'ProductsPerCustomer' >> beam.FlatMap(_customer_products)
             | 'CountCustomers' >> beam.CombinePerKey(sum))
-
-
-def _decoded(customer_id, encoded):
-  return customer_id, [schemas.decode_record('events', data) for data in encoded]
 
 
 class _NewestEventTime(beam.CombineFn):
@@ -152,7 +156,8 @@ def _recommender(_, catalog, popularity):
 
 
 class _FoldRenderFn(beam.DoFn):
-  """(customer_id, events) -> (customer_id, document or None), plus cart triggers (tagged)."""
+  """(customer_id, encoded fold inputs) -> (customer_id, document or None), plus cart triggers
+  (tagged)."""
 
   def __init__(self, settings: profile.Settings):
     self._settings = settings
@@ -160,8 +165,8 @@ class _FoldRenderFn(beam.DoFn):
     self._unknown_products = metrics.counter(metrics.PRODUCTS_NOT_IN_CATALOG)
 
   def process(self, element, customers, catalog, recommender, reference_time):
-    customer_id, events = element
-    events = list(events)
+    customer_id, encoded = element
+    events = _decoded(encoded)
     for event in events:
       if event.get('product_id') is not None and event['product_id'] not in catalog:
         self._unknown_products.inc()
@@ -230,10 +235,13 @@ class BuildProfiles(beam.PTransform):
         pipeline | 'NoCustomers' >> beam.Create([]))
     catalog = self._catalog if self._catalog is not None else (
         pipeline | 'NoCatalog' >> beam.Create([]))
+    # Grouped fold inputs stay encoded: two steps read them (popularity, then the fold with the
+    # popularity-ranked recommender as a side input), so the runner materialises the groups in
+    # between, and bytes cost far less to store and copy than decoded dicts.
     grouped = (events
                | 'StitchIdentities' >> StitchIdentities()
-               | 'GroupByCustomer' >> beam.GroupByKey()
-               | 'DecodeEvents' >> beam.MapTuple(_decoded))
+               | 'GroupByCustomer' >> beam.GroupByKey().with_output_types(
+                   tuple[str, typing.Iterable[bytes]]))
     popularity = grouped | 'ProductPopularity' >> CustomerProductPopularity()
     catalog_by_id = catalog | 'CatalogById' >> beam.Map(lambda p: (p['product_id'], p))
     recommender = (pipeline

@@ -138,6 +138,7 @@ EXAMPLES = {
     'restart_dedupe_hours': NON_NEGATIVE,
     'vip_lifetime_value': NON_NEGATIVE,
     'max_message_bytes': (['32768', '1'], ['0', '1.5', '-1', '32k', '']),
+    'dedupe_shards': (['256', '1', '4096'], ['0', '2.5', '-8', 'many', '']),
     'as_of': (['2026-11-15T00:00:00Z', '2026-11-15T08:30:00+01:00', '2026-11-15',
                '2026-11-15T08:30:00.123456Z'],
               ['15/11/2026', '2026-11-15T8:30Z', 'yesterday', '']),

@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 import schemas
 from tests.unit.beam_helpers import batch_pipeline
 from transforms.clean import ParseEvents
+from transforms import dedupe
 from transforms.dedupe import DedupeEvents
 from transforms.features import BuildProfiles
 from transforms.rules import events as events_rules
@@ -65,6 +66,32 @@ def test_dedupe_keeps_one_event_per_message_id_preferring_the_earliest_received(
   with batch_pipeline() as p:
     kept = p | beam.Create(events) | DedupeEvents()
     assert_that(kept | beam.Map(lambda e: e['n']), equal_to([2, 4]))
+
+
+def test_dedupe_in_chunks_keeps_the_same_copies_whatever_the_shards_and_chunk_sizes():
+  # 300 ids, 1 to 3 copies each (the earliest received wins), plus two copies with equal
+  # preference keys (the smaller encoding wins): every shard count and chunk size, from one event
+  # per chunk to whole bundles, keeps the same copies.
+  events = [{'message_id': 'tie', 'event_time': 1, 'received_at': 1, 'source': 'file:a', 'n': n,
+             'price': decimal.Decimal('1.5')} for n in (5, 4)]
+  for i in range(300):
+    for copy in range(1 + i % 3):
+      events.append({'message_id': f'm{i}', 'event_time': i, 'received_at': 10 - copy % 2,
+                     'source': 'file:a', 'n': copy, 'price': decimal.Decimal('1.5')})
+  expected = [(f'm{i}', 1 if i % 3 else 0) for i in range(300)] + [('tie', 4)]
+  for shards, chunk_bytes in ((1, 1), (7, 500), (256, dedupe.CHUNK_BYTES)):
+    with batch_pipeline() as p:
+      kept = (p | beam.Create(list(reversed(events)), reshuffle=False)
+              | dedupe.DedupeEvents(shards=shards, chunk_bytes=chunk_bytes))
+      assert_that(kept | beam.Map(lambda e: (e['message_id'], e['n'])), equal_to(expected),
+                  label='Kept')
+      assert_that(kept | beam.Map(lambda e: e['price']), equal_to([decimal.Decimal('1.5')] * 301),
+                  label='Decimals')
+
+
+def test_dedupe_rejects_zero_shards():
+  with pytest.raises(ValueError, match='shards'):
+    dedupe.DedupeEvents(shards=0)
 
 
 def segment(message_id, minute, name=None, user=None, anon=None, type_='track', **fields):
