@@ -6,6 +6,7 @@ import typing
 
 import apache_beam as beam
 from apache_beam.pvalue import AsDict, AsSingleton
+from apache_beam.transforms.window import GlobalWindows
 
 import schemas
 from transforms import metrics
@@ -121,15 +122,34 @@ class CustomerProductPopularity(beam.PTransform):
             | 'CountCustomers' >> beam.CombinePerKey(sum))
 
 
-class _NewestEventTime(beam.CombineFn):
-  """events -> the largest `event_time` (0 for none). A CombineFn on the events themselves
-  rather than a Map to times and a max: one step less over every event."""
+class _NewestInBundleFn(beam.DoFn):
+  """Batch: events -> the largest `event_time` of the bundle, one element per bundle.
+
+  A bundle-level maximum rather than a CombineGlobally over the events: Beam's lifted combine
+  adds two steps over every event (keying, then the per-element combine table), for one integer.
+  Global window only (batch).
+  """
+
+  def start_bundle(self):
+    self._newest = None
+
+  def process(self, event):
+    if self._newest is None or event['event_time'] > self._newest:
+      self._newest = event['event_time']
+
+  def finish_bundle(self):
+    if self._newest is not None:
+      yield GlobalWindows.windowed_value(self._newest)
+
+
+class _Newest(beam.CombineFn):
+  """Times (epoch micros) -> the largest, 0 for none."""
 
   def create_accumulator(self):
     return 0
 
-  def add_input(self, newest, event):
-    return max(newest, event['event_time'])
+  def add_input(self, newest, at):
+    return max(newest, at)
 
   def merge_accumulators(self, accumulators):
     return max(accumulators, default=0)
@@ -148,7 +168,9 @@ class ReferenceTime(beam.PTransform):
   def expand(self, events):
     if self._as_of is not None:
       return events.pipeline | 'AsOf' >> beam.Create([self._as_of])
-    return events | 'Newest' >> beam.CombineGlobally(_NewestEventTime())
+    return (events
+            | 'NewestInBundle' >> beam.ParDo(_NewestInBundleFn()).with_output_types(int)
+            | 'Newest' >> beam.CombineGlobally(_Newest()))
 
 
 def _recommender(_, catalog, popularity):
