@@ -61,7 +61,7 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
   warehouse = Warehouse(opts.view_as(GoogleCloudOptions).project, opts.dataset,
                         opts.restart_dedupe_hours) if streaming else None
   events = parsed.events | 'DedupeEvents' >> DedupeEvents(streaming, opts.dedupe_hours, warehouse,
-                                                          opts.dedupe_shards)
+                                                          opts.batch_shards)
   # Element timestamps matter only to the streaming windows: the batch fast path of
   # HourlyActivity groups on the `event_time` field (one step less over every event).
   timed = events | 'AssignEventTime' >> AssignEventTime() if streaming else events
@@ -82,7 +82,8 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
       streaming, opts.profile_settings(), customers, catalog, opts.as_of_micros(),
       opts.identity_buffer_hours, opts.customers, opts.catalog, opts.side_input_refresh_minutes,
       (opts.view_as(GoogleCloudOptions).project, opts.firestore_database,
-       opts.popularity_collection), opts.popularity_window_hours, opts.document_flush_seconds)
+       opts.popularity_collection), opts.popularity_window_hours, opts.document_flush_seconds,
+      opts.batch_shards)
   dead_letters = dead | 'FlattenDeadLetters' >> beam.Flatten()
   return Outputs(events, dead_letters, hourly, profiles.documents, profiles.triggers,
                  profiles.popularity, customers, catalog)

@@ -7,7 +7,8 @@ import decimal
 from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
-from transforms.dedupe import DEFAULT_DEDUPE_HOURS, DEFAULT_DEDUPE_SHARDS
+from transforms.dedupe import DEFAULT_DEDUPE_HOURS
+from transforms.shards import DEFAULT_SHARDS
 from transforms.live_profiles import (DEFAULT_IDENTITY_BUFFER_HOURS,
                                       DEFAULT_POPULARITY_WINDOW_HOURS, DEFAULT_REFRESH_MINUTES)
 from transforms.rules import events, profile
@@ -40,11 +41,12 @@ class PersonalizationOptions(PipelineOptions):
         help='Streaming: how long after an event a copy with the same messageId is still dropped '
              '(processing time). Batch dedupe is exact over the whole input.')
     parser.add_argument(
-        '--dedupe_shards', type=int, default=DEFAULT_DEDUPE_SHARDS,
-        help='Batch: the dedupe splits message ids into this many shards; one worker holds one '
-             'shard\'s events in memory at a time (about 5 KB each), and a shard is the unit of '
-             'parallelism of that step. Raise it for inputs of hundreds of millions of events '
-             '(keep events per shard under about 200,000).')
+        '--batch_shards', type=int, default=DEFAULT_SHARDS,
+        help='Batch: the dedupe and the per-customer fold shuffle events in compressed chunks '
+             'per shard of message ids and of customer ids, this many shards each. One worker '
+             'holds one shard\'s events in memory at a time (about 5 KB each), and a shard is '
+             'the unit of parallelism of those steps: raise it for inputs of hundreds of '
+             'millions of events (keep events per shard under about 200,000).')
     parser.add_argument(
         '--allowed_lateness_hours', type=float, default=DEFAULT_ALLOWED_LATENESS_HOURS,
         help='How late (behind the watermark) an event may arrive and still update its hourly '

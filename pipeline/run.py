@@ -40,7 +40,7 @@ class UsageError(Exception):
 # Numeric options and the range each must be in (checked by resolve_options).
 _POSITIVE_OPTIONS = ('dedupe_hours', 'popularity_window_hours', 'side_input_refresh_minutes',
                      'identity_buffer_hours', 'firestore_retry_seconds', 'cart_abandon_minutes',
-                     'max_message_bytes', 'dedupe_shards')
+                     'max_message_bytes', 'batch_shards')
 _NON_NEGATIVE_OPTIONS = ('allowed_lateness_hours', 'document_flush_seconds',
                          'restart_dedupe_hours')
 

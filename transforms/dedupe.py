@@ -4,25 +4,20 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import typing
-import zlib
 
 import apache_beam as beam
-import zstandard
 from apache_beam import coders
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.window import GlobalWindows
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 import schemas
 from transforms import metrics
+from transforms.shards import CHUNK_BYTES, DEFAULT_SHARDS, ChunkByShard, records
 
 DEFAULT_DEDUPE_HOURS = 24
 DEFAULT_RESTART_DEDUPE_HOURS = 6
-DEFAULT_DEDUPE_SHARDS = 256
-# Encoded events buffered per shard before a chunk is compressed and emitted (batch dedupe).
-CHUNK_BYTES = 256 * 1024
 
 _log = logging.getLogger(__name__)
 
@@ -83,56 +78,8 @@ def _key_by_message_id(event):
   return event['message_id'], event
 
 
-def dedupe_shard(message_id: str, shards: int) -> int:
-  """The batch dedupe shard of a message id: every copy of an id lands in the same one. CRC-32
-  rather than `hash()`, which differs between worker processes."""
-  return zlib.crc32(message_id.encode()) % shards
-
-
-class _ShardChunksFn(beam.DoFn):
-  """Batch: event -> (shard, zstd-compressed chunk of encoded events), the chunks a GroupByKey
-  brings together per shard (`dedupe_shard` of the message id).
-
-  Why chunks rather than Beam's GroupByKey of one element per event (the previous shape, and what
-  `_FirstSeenFn` does in streaming): a runner holds or writes every shuffled byte, and events are
-  large (about 1.1 KB encoded). Measured on 100,000 events (FnApiRunner, docs/PERFORMANCE.md),
-  the per-event shuffle held all events two to three times over at the stage boundary (about 2.5
-  KB of memory per event), and paid a per-element shuffle cost on every event. Chunks of about
-  250 encoded events compress about 9x with zstd level 1 (1.3 us per event) and make the shuffle
-  a few thousand elements. Every event of a bundle stays in a buffer until its shard's chunk is
-  full (`chunk_bytes`) or the bundle ends: at most `shards * chunk_bytes` of encoded events.
-  Global window only (batch): chunks emitted from `finish_bundle` carry the global window.
-  """
-
-  def __init__(self, shards: int, chunk_bytes: int = CHUNK_BYTES):
-    self._shards = shards
-    self._chunk_bytes = chunk_bytes
-
-  def setup(self):
-    self._compressor = zstandard.ZstdCompressor(level=1)
-
-  def start_bundle(self):
-    self._buffers: dict[int, bytearray] = {}
-
-  def process(self, event):
-    # Appended to a bytearray rather than kept as a list of bytes: each bytes object orjson
-    # returns keeps its whole output buffer (measured: about 8 KB of memory per retained 1.1 KB
-    # event), so holding them would cost several times the events' size.
-    shard = dedupe_shard(event['message_id'], self._shards)
-    buffer = self._buffers.get(shard)
-    if buffer is None:
-      buffer = self._buffers[shard] = bytearray()
-    elif buffer:
-      buffer += b'\n'
-    buffer += schemas.encode_record('events', event)
-    if len(buffer) >= self._chunk_bytes:
-      del self._buffers[shard]
-      yield shard, self._compressor.compress(buffer)
-
-  def finish_bundle(self):
-    buffers, self._buffers = self._buffers, {}
-    for shard, buffer in buffers.items():
-      yield GlobalWindows.windowed_value((shard, self._compressor.compress(buffer)))
+def _keyed_line(event):
+  return event['message_id'], schemas.encode_record('events', event)
 
 
 class _KeepFirstFn(beam.DoFn):
@@ -147,21 +94,17 @@ class _KeepFirstFn(beam.DoFn):
     self._duplicates = metrics.counter(metrics.EVENTS_DUPLICATE)
     self._unique = metrics.counter(metrics.EVENTS_UNIQUE)
 
-  def setup(self):
-    self._decompressor = zstandard.ZstdDecompressor()
-
   def process(self, element):
     _, chunks = element
     kept: dict[str, tuple] = {}
     copies = 0
-    for chunk in chunks:
-      for data in self._decompressor.decompress(chunk).split(b'\n'):
-        event = schemas.decode_record('events', data)
-        copies += 1
-        candidate = (preference_key(event), data)
-        previous = kept.get(event['message_id'])
-        if previous is None or candidate < previous[0]:
-          kept[event['message_id']] = (candidate, event)
+    for data in records(chunks):
+      event = schemas.decode_record('events', data)
+      copies += 1
+      candidate = (preference_key(event), data)
+      previous = kept.get(event['message_id'])
+      if previous is None or candidate < previous[0]:
+        kept[event['message_id']] = (candidate, event)
     self._unique.inc(len(kept))
     if copies > len(kept):
       self._duplicates.inc(copies - len(kept))
@@ -223,8 +166,9 @@ class DedupeEvents(beam.PTransform):
   """Keeps one event per `message_id`. Input and output: event records (global window).
 
   Bounded input (`streaming=False`): exact and complete across the whole input, keeping the
-  earliest received copy; events travel in compressed chunks per shard of message ids (`shards`,
-  see `_ShardChunksFn`), and one shard's events are held in memory at a time. Unbounded input: the first copy to arrive wins and later copies are
+  earliest received copy. Events travel in compressed chunks per shard of message ids
+  (`transforms/shards.py`: `shards` shards, `chunk_bytes` per chunk), and one shard's events are
+  held in memory at a time. Unbounded input: the first copy to arrive wins and later copies are
   dropped for `dedupe_hours` (processing time) after it; a copy arriving after that is kept again.
   Both count survivors (`events_unique`) and drops (`events_duplicate`).
 
@@ -234,16 +178,13 @@ class DedupeEvents(beam.PTransform):
   """
 
   def __init__(self, streaming: bool = False, dedupe_hours: float = DEFAULT_DEDUPE_HOURS,
-               warehouse: Warehouse | None = None, shards: int = DEFAULT_DEDUPE_SHARDS,
+               warehouse: Warehouse | None = None, shards: int = DEFAULT_SHARDS,
                chunk_bytes: int = CHUNK_BYTES):
     super().__init__()
     self._warehouse = warehouse
     if dedupe_hours <= 0:
       raise ValueError(f'dedupe_hours must be positive, got {dedupe_hours}')
-    if shards < 1:
-      raise ValueError(f'shards must be at least 1, got {shards}')
-    self._shards = shards
-    self._chunk_bytes = chunk_bytes
+    self._chunks = ChunkByShard(_keyed_line, shards, chunk_bytes)
     self._streaming = streaming
     self._ttl_seconds = dedupe_hours * 3600
 
@@ -254,7 +195,6 @@ class DedupeEvents(beam.PTransform):
                   tuple[str, dict])
               | 'FirstSeen' >> beam.ParDo(_FirstSeenFn(self._ttl_seconds, self._warehouse)))
     return (pcoll
-            | 'ChunkByShard' >> beam.ParDo(_ShardChunksFn(self._shards, self._chunk_bytes)).with_output_types(
-                tuple[int, bytes])
+            | 'ChunkByShard' >> self._chunks
             | 'GroupCopies' >> beam.GroupByKey()
             | 'KeepFirst' >> beam.ParDo(_KeepFirstFn()))

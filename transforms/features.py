@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing
 
 import apache_beam as beam
+import orjson
 from apache_beam.pvalue import AsDict, AsSingleton
 from apache_beam.transforms.window import GlobalWindows
 
@@ -14,6 +15,7 @@ from transforms.live_profiles import (DEFAULT_FLUSH_SECONDS, DEFAULT_IDENTITY_BU
                                       DEFAULT_POPULARITY_WINDOW_HOURS, DEFAULT_REFRESH_MINUTES,
                                       FoldLive, LivePopularity, StitchLive)
 from transforms.rules import identity, profile, serving
+from transforms.shards import DEFAULT_SHARDS, ChunkByShard, records
 
 
 class ProfileOutputs(typing.NamedTuple):
@@ -68,57 +70,90 @@ class _AttachFn(beam.DoFn):
       yield users[0], data
 
 
-class StitchIdentities(beam.PTransform):
-  """Attributes events to customers.
+def customer_line(customer_id: str, encoded: bytes) -> bytes:
+  """One line of a customer-shard chunk: the customer id as a JSON string (JSON escapes tabs and
+  newlines, so it holds neither), a tab, the encoded fold input."""
+  return orjson.dumps(customer_id) + b'\t' + encoded
 
-  Input: deduplicated event records (global window). Output: `(customer_id, encoded fold input)`
-  pairs (`schemas.encode_record('events', profile.fold_input(event))`, ready for the group by
-  customer): events with a
-  `user_id` under it, anonymous events under the userId their anonymousId is linked to by any
-  event in the input (earliest link wins). Anonymous events never linked produce nothing here
-  (they are in the warehouse already) and are counted (`events_anonymous_unlinked`).
+
+def _keyed_customer_line(pair):
+  customer_id, encoded = pair
+  return customer_id, customer_line(customer_id, encoded)
+
+
+def customers_of(chunks) -> dict[str, list[dict]]:
+  """A customer shard's chunks -> {customer_id: fold inputs (decoded)}."""
+  grouped: dict[str, list[dict]] = {}
+  for line in records(chunks):
+    cut = line.index(b'\t')
+    grouped.setdefault(orjson.loads(line[:cut]), []).append(
+        schemas.decode_record('events', line[cut + 1:]))
+  return grouped
+
+
+class StitchIdentities(beam.PTransform):
+  """Attributes events to customers and groups them by shard of customer ids.
+
+  Input: deduplicated event records (global window). Output: `(shard, [compressed chunk, ...])`,
+  every fold input (`profile.fold_input`, encoded) of a shard's customers, read back with
+  `customers_of`. Events with a `user_id` go to it; anonymous events go to the userId their
+  anonymousId is linked to by any event in the input (earliest link wins). Anonymous events never
+  linked produce nothing here (they are in the warehouse already) and are counted
+  (`events_anonymous_unlinked`).
 
   The links are joined to the anonymous events by anonymous id (a CoGroupByKey), so only
   anonymous events take the extra shuffle and no step over every event reads a side input.
+  Events then travel to their customer's shard in compressed chunks (`transforms/shards.py`):
+  on 1,000,000 events, a GroupByKey with one element per event held them three times over at
+  its stage boundary (about 1.8 GB on the FnApiRunner), the chunks a tenth of that.
   Batch only: the links come from the whole bounded input. Streaming stitches with a replay
   buffer instead (transforms.live_profiles.StitchLive).
   """
 
+  def __init__(self, shards: int = DEFAULT_SHARDS):
+    super().__init__()
+    self._shards = shards
+
   def expand(self, events):
     routed = events | 'Route' >> beam.ParDo(_RouteFn()).with_outputs(
         'links', 'anonymous', main='identified')
-    identified = routed.identified
     links = (routed.links
              | 'EarliestLink' >> beam.CombinePerKey(identity.earliest)
              | 'LinkedUser' >> beam.MapTuple(lambda anonymous_id, won: (anonymous_id, won[1])))
     attached = ({'events': routed.anonymous, 'user': links}
                 | 'JoinLinks' >> beam.CoGroupByKey()
                 | 'Attach' >> beam.ParDo(_AttachFn()))
-    return (identified, attached) | 'Attributed' >> beam.Flatten().with_output_types(
-        tuple[str, bytes])
+    chunks = [routed.identified | 'ChunkIdentified' >> ChunkByShard(_keyed_customer_line,
+                                                                     self._shards),
+              attached | 'ChunkAttached' >> ChunkByShard(_keyed_customer_line, self._shards)]
+    return (chunks
+            | 'Attributed' >> beam.Flatten()
+            | 'GroupByCustomerShard' >> beam.GroupByKey().with_output_types(
+                tuple[int, typing.Iterable[bytes]]))
 
 
-def _decoded(encoded) -> list[dict]:
-  return [schemas.decode_record('events', data) for data in encoded]
-
-
-def _customer_products(element):
-  _, encoded = element
-  products = set()
-  for event in _decoded(encoded):
-    products.update(profile.interacted_products(event))
-  for product_id in products:
-    yield product_id, 1
+def _shard_products(element):
+  """(shard, chunks) -> (product_id, distinct customers of the shard who viewed, added or bought
+  it)."""
+  _, chunks = element
+  counts: dict[str, int] = {}
+  for events in customers_of(chunks).values():
+    products = set()
+    for event in events:
+      products.update(profile.interacted_products(event))
+    for product_id in products:
+      counts[product_id] = counts.get(product_id, 0) + 1
+  return counts.items()
 
 
 class CustomerProductPopularity(beam.PTransform):
-  """Input: `(customer_id, encoded fold inputs)` groups. Output: `(product_id, distinct customers who viewed,
-  added or bought it)`: distinct per customer from each customer's group (one pass per customer
-  instead of a distinct over every (customer, product) pair of every event)."""
+  """Input: `(shard, chunks)` of customers (`StitchIdentities`). Output: `(product_id, distinct
+  customers who viewed, added or bought it)`: distinct per customer from each customer's events,
+  counted per shard, then summed over shards."""
 
   def expand(self, grouped):
     return (grouped
-            | 'ProductsPerCustomer' >> beam.FlatMap(_customer_products)
+            | 'ProductsPerShard' >> beam.FlatMap(_shard_products)
             | 'CountCustomers' >> beam.CombinePerKey(sum))
 
 
@@ -178,8 +213,8 @@ def _recommender(_, catalog, popularity):
 
 
 class _FoldRenderFn(beam.DoFn):
-  """(customer_id, encoded fold inputs) -> (customer_id, document or None), plus cart triggers
-  (tagged)."""
+  """(shard, chunks) -> (customer_id, document or None) per customer of the shard, plus cart
+  triggers (tagged)."""
 
   def __init__(self, settings: profile.Settings):
     self._settings = settings
@@ -187,21 +222,23 @@ class _FoldRenderFn(beam.DoFn):
     self._unknown_products = metrics.counter(metrics.PRODUCTS_NOT_IN_CATALOG)
 
   def process(self, element, customers, catalog, recommender, reference_time):
-    customer_id, encoded = element
-    events = _decoded(encoded)
-    for event in events:
-      if event.get('product_id') is not None and event['product_id'] not in catalog:
-        self._unknown_products.inc()
-    state = profile.fold(customer_id, events)
-    document = profile.render(state, reference_time, customers.get(customer_id), catalog,
-                              recommender, self._settings)
-    if document is None:
-      self._suppressed.inc()
-    else:
-      trigger = serving.cart_trigger(document, reference_time)
-      if trigger is not None:
-        yield beam.pvalue.TaggedOutput('triggers', trigger)
-    yield customer_id, document
+    _, chunks = element
+    grouped = customers_of(chunks)
+    for customer_id in sorted(grouped):
+      events = grouped.pop(customer_id)
+      for event in events:
+        if event.get('product_id') is not None and event['product_id'] not in catalog:
+          self._unknown_products.inc()
+      state = profile.fold(customer_id, events)
+      document = profile.render(state, reference_time, customers.get(customer_id), catalog,
+                                recommender, self._settings)
+      if document is None:
+        self._suppressed.inc()
+      else:
+        trigger = serving.cart_trigger(document, reference_time)
+        if trigger is not None:
+          yield beam.pvalue.TaggedOutput('triggers', trigger)
+      yield customer_id, document
 
 
 class BuildProfiles(beam.PTransform):
@@ -230,8 +267,9 @@ class BuildProfiles(beam.PTransform):
                refresh_minutes: float = DEFAULT_REFRESH_MINUTES,
                popularity_source: tuple[str, str, str] | None = None,
                popularity_window_hours: float = DEFAULT_POPULARITY_WINDOW_HOURS,
-               flush_seconds: float = DEFAULT_FLUSH_SECONDS):
+               flush_seconds: float = DEFAULT_FLUSH_SECONDS, shards: int = DEFAULT_SHARDS):
     super().__init__()
+    self._shards = shards
     self._flush_seconds = flush_seconds
     self._popularity_source = popularity_source
     self._popularity_window_hours = popularity_window_hours
@@ -257,13 +295,9 @@ class BuildProfiles(beam.PTransform):
         pipeline | 'NoCustomers' >> beam.Create([]))
     catalog = self._catalog if self._catalog is not None else (
         pipeline | 'NoCatalog' >> beam.Create([]))
-    # Grouped fold inputs stay encoded: two steps read them (popularity, then the fold with the
-    # popularity-ranked recommender as a side input), so the runner materialises the groups in
-    # between, and bytes cost far less to store and copy than decoded dicts.
-    grouped = (events
-               | 'StitchIdentities' >> StitchIdentities()
-               | 'GroupByCustomer' >> beam.GroupByKey().with_output_types(
-                   tuple[str, typing.Iterable[bytes]]))
+    # The groups stay compressed: two steps read them (popularity, then the fold with the
+    # popularity-ranked recommender as a side input), so the runner materialises them in between.
+    grouped = events | 'StitchIdentities' >> StitchIdentities(self._shards)
     popularity = grouped | 'ProductPopularity' >> CustomerProductPopularity()
     catalog_by_id = catalog | 'CatalogById' >> beam.Map(lambda p: (p['product_id'], p))
     recommender = (pipeline

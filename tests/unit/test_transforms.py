@@ -13,6 +13,7 @@ import schemas
 from tests.unit.beam_helpers import batch_pipeline
 from transforms.clean import ParseEvents
 from transforms import dedupe
+from transforms import shards as shards_module
 from transforms.dedupe import DedupeEvents
 from transforms.features import BuildProfiles
 from transforms.rules import events as events_rules
@@ -79,7 +80,7 @@ def test_dedupe_in_chunks_keeps_the_same_copies_whatever_the_shards_and_chunk_si
       events.append({'message_id': f'm{i}', 'event_time': i, 'received_at': 10 - copy % 2,
                      'source': 'file:a', 'n': copy, 'price': decimal.Decimal('1.5')})
   expected = [(f'm{i}', 1 if i % 3 else 0) for i in range(300)] + [('tie', 4)]
-  for shards, chunk_bytes in ((1, 1), (7, 500), (256, dedupe.CHUNK_BYTES)):
+  for shards, chunk_bytes in ((1, 1), (7, 500), (256, shards_module.CHUNK_BYTES)):
     with batch_pipeline() as p:
       kept = (p | beam.Create(list(reversed(events)), reshuffle=False)
               | dedupe.DedupeEvents(shards=shards, chunk_bytes=chunk_bytes))
