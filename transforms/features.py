@@ -15,7 +15,7 @@ from transforms.live_profiles import (DEFAULT_FLUSH_SECONDS, DEFAULT_IDENTITY_BU
                                       DEFAULT_POPULARITY_WINDOW_HOURS, DEFAULT_REFRESH_MINUTES,
                                       FoldLive, LivePopularity, StitchLive)
 from transforms.rules import identity, profile, serving
-from transforms.shards import DEFAULT_SHARDS, ChunkByShard, records
+from transforms.shards import DEFAULT_SHARDS, ChunkBuffer, ChunkByShard, records
 
 
 class ProfileOutputs(typing.NamedTuple):
@@ -24,30 +24,62 @@ class ProfileOutputs(typing.NamedTuple):
   popularity: beam.PCollection  # streaming: (product_id, popularity document); batch: empty
 
 
-class _RouteFn(beam.DoFn):
-  """event -> (customer_id, encoded fold input) for an identified event; (anonymous_id, encoded
-  fold input) on `anonymous` for the others; the (anonymous_id, (event_time, user_id)) link it
-  carries on `links`. The fold input (`profile.fold_input`, `schemas.encode_record`) is what the
-  fold, popularity and the catalog check read: about a fifth of the event, and all that the
-  shuffles after this step carry. One step over every event for what took three (links,
-  attribution with a side input, encoding): on the FnApiRunner a DoFn with a side input costs
-  about 20 us per element (Beam's per-window invoker), more than the attribution itself
-  (docs/PERFORMANCE.md)."""
+def customer_line(customer_id: str, encoded: bytes) -> bytes:
+  """One line of a customer-shard chunk: the customer id as a JSON string (JSON escapes tabs and
+  newlines, so it holds neither), a tab, the encoded fold input."""
+  return orjson.dumps(customer_id) + b'\t' + encoded
 
-  def __init__(self):
+
+def _keyed_customer_line(pair):
+  customer_id, encoded = pair
+  return customer_id, customer_line(customer_id, encoded)
+
+
+class _RouteFn(beam.DoFn):
+  """Batch: events -> fold inputs of identified events, in chunks per shard of customer ids (main
+  output, `(shard, chunk)` of `customer_line`s); (anonymous_id, encoded fold input) on `anonymous`
+  for the others; the earliest (anonymous_id, (event_time, user_id)) link of the bundle per
+  anonymous id on `links`.
+
+  The fold input (`profile.fold_input`, `schemas.encode_record`) is what the fold, popularity and
+  the catalog check read: about a fifth of the event, and all that the shuffles after this step
+  carry. One step over every event for what took five (links, their pre-combine, attribution with
+  a side input, encoding, chunking): each step over every event costs a few microseconds per
+  event on the FnApiRunner, and a DoFn with a side input about 20 (docs/PERFORMANCE.md).
+  Global window only (batch).
+  """
+
+  def __init__(self, shards: int):
+    self._shards = shards
     self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
+
+  def start_bundle(self):
+    self._chunks = ChunkBuffer(self._shards)
+    self._links: dict[str, tuple] = {}
 
   def process(self, event):
     found = identity.link(event)
     if found is not None:
-      yield beam.pvalue.TaggedOutput('links', found)
+      anonymous_id, candidate = found
+      known = self._links.get(anonymous_id)
+      if known is None or candidate < known:
+        self._links[anonymous_id] = candidate
     encoded = schemas.encode_record('events', profile.fold_input(event))
     if event.get('user_id'):
-      yield event['user_id'], encoded
+      chunk = self._chunks.add(event['user_id'], customer_line(event['user_id'], encoded))
+      if chunk is not None:
+        yield chunk
     elif event.get('anonymous_id'):
       yield beam.pvalue.TaggedOutput('anonymous', (event['anonymous_id'], encoded))
     else:
       self._unlinked.inc()
+
+  def finish_bundle(self):
+    yield from self._chunks.drain()
+    links, self._links = self._links, {}
+    for anonymous_id, candidate in links.items():
+      yield beam.pvalue.TaggedOutput(
+          'links', GlobalWindows.windowed_value((anonymous_id, candidate)))
 
 
 class _AttachFn(beam.DoFn):
@@ -68,17 +100,6 @@ class _AttachFn(beam.DoFn):
     self._stitched.inc(len(encoded))
     for data in encoded:
       yield users[0], data
-
-
-def customer_line(customer_id: str, encoded: bytes) -> bytes:
-  """One line of a customer-shard chunk: the customer id as a JSON string (JSON escapes tabs and
-  newlines, so it holds neither), a tab, the encoded fold input."""
-  return orjson.dumps(customer_id) + b'\t' + encoded
-
-
-def _keyed_customer_line(pair):
-  customer_id, encoded = pair
-  return customer_id, customer_line(customer_id, encoded)
 
 
 def customers_of(chunks) -> dict[str, list[dict]]:
@@ -115,16 +136,15 @@ class StitchIdentities(beam.PTransform):
     self._shards = shards
 
   def expand(self, events):
-    routed = events | 'Route' >> beam.ParDo(_RouteFn()).with_outputs(
-        'links', 'anonymous', main='identified')
+    routed = events | 'Route' >> beam.ParDo(_RouteFn(self._shards)).with_output_types(
+        tuple[int, bytes]).with_outputs('links', 'anonymous', main='identified')
     links = (routed.links
              | 'EarliestLink' >> beam.CombinePerKey(identity.earliest)
              | 'LinkedUser' >> beam.MapTuple(lambda anonymous_id, won: (anonymous_id, won[1])))
     attached = ({'events': routed.anonymous, 'user': links}
                 | 'JoinLinks' >> beam.CoGroupByKey()
                 | 'Attach' >> beam.ParDo(_AttachFn()))
-    chunks = [routed.identified | 'ChunkIdentified' >> ChunkByShard(_keyed_customer_line,
-                                                                     self._shards),
+    chunks = [routed.identified,
               attached | 'ChunkAttached' >> ChunkByShard(_keyed_customer_line, self._shards)]
     return (chunks
             | 'Attributed' >> beam.Flatten()

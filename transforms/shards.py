@@ -36,14 +36,45 @@ def shard_of(key: str, shards: int) -> int:
   return zlib.crc32(key.encode('utf-8', 'surrogatepass')) % shards
 
 
-class ChunkByShardFn(beam.DoFn):
-  """element -> (shard, compressed chunk of lines), by `keyed_line(element) -> (key, line)`.
+class ChunkBuffer:
+  """Lines buffered per shard; `add` returns a (shard, compressed chunk) pair when a shard's buffer
+  is full, `drain` the rest (at the end of a bundle). For DoFns that chunk what they emit.
 
-  `keyed_line` may return None to skip an element. Lines are appended to a bytearray per shard
-  rather than kept as a list: each bytes object orjson returns keeps its whole output buffer
-  (measured: about 8 KB of memory per retained 1.1 KB event), so holding them would cost several
-  times the records' size.
+  Lines are appended to a bytearray per shard rather than kept as a list: each bytes object
+  orjson returns keeps its whole output buffer (measured: about 8 KB of memory per retained 1.1
+  KB event), so holding them would cost several times the records' size.
   """
+
+  def __init__(self, shards: int = DEFAULT_SHARDS, chunk_bytes: int = CHUNK_BYTES):
+    if shards < 1:
+      raise ValueError(f'shards must be at least 1, got {shards}')
+    self._shards = shards
+    self._chunk_bytes = chunk_bytes
+    self._compressor = zstandard.ZstdCompressor(level=1)
+    self._buffers: dict[int, bytearray] = {}
+
+  def add(self, key: str, line: bytes) -> tuple[int, bytes] | None:
+    shard = shard_of(key, self._shards)
+    buffer = self._buffers.get(shard)
+    if buffer is None:
+      buffer = self._buffers[shard] = bytearray()
+    elif buffer:
+      buffer += b'\n'
+    buffer += line
+    if len(buffer) < self._chunk_bytes:
+      return None
+    del self._buffers[shard]
+    return shard, self._compressor.compress(buffer)
+
+  def drain(self) -> list:
+    """The remaining chunks, as global-window values (what `finish_bundle` yields)."""
+    buffers, self._buffers = self._buffers, {}
+    return [GlobalWindows.windowed_value((shard, self._compressor.compress(buffer)))
+            for shard, buffer in buffers.items()]
+
+
+class ChunkByShardFn(beam.DoFn):
+  """element -> (shard, compressed chunk of lines), by `keyed_line(element) -> (key, line)`."""
 
   def __init__(self, keyed_line: typing.Callable, shards: int = DEFAULT_SHARDS,
                chunk_bytes: int = CHUNK_BYTES):
@@ -53,32 +84,16 @@ class ChunkByShardFn(beam.DoFn):
     self._shards = shards
     self._chunk_bytes = chunk_bytes
 
-  def setup(self):
-    self._compressor = zstandard.ZstdCompressor(level=1)
-
   def start_bundle(self):
-    self._buffers: dict[int, bytearray] = {}
+    self._buffer = ChunkBuffer(self._shards, self._chunk_bytes)
 
   def process(self, element):
-    keyed = self._keyed_line(element)
-    if keyed is None:
-      return
-    key, line = keyed
-    shard = shard_of(key, self._shards)
-    buffer = self._buffers.get(shard)
-    if buffer is None:
-      buffer = self._buffers[shard] = bytearray()
-    elif buffer:
-      buffer += b'\n'
-    buffer += line
-    if len(buffer) >= self._chunk_bytes:
-      del self._buffers[shard]
-      yield shard, self._compressor.compress(buffer)
+    chunk = self._buffer.add(*self._keyed_line(element))
+    if chunk is not None:
+      yield chunk
 
   def finish_bundle(self):
-    buffers, self._buffers = self._buffers, {}
-    for shard, buffer in buffers.items():
-      yield GlobalWindows.windowed_value((shard, self._compressor.compress(buffer)))
+    yield from self._buffer.drain()
 
 
 def records(chunks: typing.Iterable[bytes]) -> typing.Iterator[bytes]:
@@ -90,7 +105,7 @@ def records(chunks: typing.Iterable[bytes]) -> typing.Iterator[bytes]:
 
 class ChunkByShard(beam.PTransform):
   """Input: any elements. Output: `(shard, compressed chunk)` pairs, ready for a GroupByKey on the
-  shard (see the module docstring). `keyed_line(element) -> (key, line)` or None to skip."""
+  shard (see the module docstring). `keyed_line(element) -> (key, line)`."""
 
   def __init__(self, keyed_line: typing.Callable, shards: int = DEFAULT_SHARDS,
                chunk_bytes: int = CHUNK_BYTES):
