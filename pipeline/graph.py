@@ -65,7 +65,8 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
   # Element timestamps matter only to the streaming windows: the batch fast path of
   # HourlyActivity groups on the `event_time` field (one step less over every event).
   timed = events | 'AssignEventTime' >> AssignEventTime() if streaming else events
-  hourly = timed | 'HourlyActivity' >> HourlyActivity(opts.allowed_lateness_hours, streaming)
+  hourly = timed | 'HourlyActivity' >> HourlyActivity(opts.allowed_lateness_hours, streaming,
+                                                           opts.batch_shards)
   dead = [parsed.dead_letter]
   customers = catalog = None
   if opts.customers:

@@ -1,15 +1,18 @@
 """Event-time windows: events stamped with their own time, and hourly activity per customer."""
 from __future__ import annotations
 
+import decimal
 import time
 
 import apache_beam as beam
+import orjson
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
 from transforms.rules import activity
+from transforms.shards import DEFAULT_SHARDS, ChunkBuffer, records
 
 DEFAULT_ALLOWED_LATENESS_HOURS = 24
 HOUR_SECONDS = 3600
@@ -52,15 +55,6 @@ def _row(key, totals, window_start, window_end, pane_index, pane_timing):
   }
 
 
-def _hour_row(slot, partials):
-  """((hour, key), [(count, revenue) per bundle]) -> the hour's row (batch: one on-time pane)."""
-  hour, key = slot
-  totals = (0, None)
-  for partial in partials:
-    totals = activity.add(totals, partial)
-  return _row(key, totals, hour, hour + HOUR_MICROS, 0, 'ON_TIME')
-
-
 class _SumActivity(beam.CombineFn):
 
   def create_accumulator(self):
@@ -80,15 +74,19 @@ class _SumActivity(beam.CombineFn):
 
 
 class _HourPartialsFn(beam.DoFn):
-  """Batch: events -> ((hour, key), (count, revenue)) partial sums, one per key per bundle.
+  """Batch: events -> (shard, compressed chunk) of the bundle's partial sums per (hour, key), one
+  line per key per bundle (`_partial_line`), in shards of customer ids (`transforms/shards.py`).
 
-  Combining inside the bundle by hand, before the GroupByKey that brings the partials together:
-  Beam lifts a CombinePerKey the same way, but through a per-element step (the key-extracting
-  FlatMap) plus its own per-element table update, about twice the cost per event of the dict
-  update here on the FnApiRunner (docs/PERFORMANCE.md); and as the partials are already combined,
-  a GroupByKey and one merge per key (`_hour_row`) finish the job with fewer steps per key than
-  a CombinePerKey's pre-combine, merge and extract. Global window only (batch fast path).
+  Combining inside the bundle by hand: Beam lifts a CombinePerKey the same way, but through a
+  per-element step (the key-extracting FlatMap) plus its own per-element table update, about
+  twice the cost per event of the dict update here on the FnApiRunner (docs/PERFORMANCE.md). Keys
+  are nearly as many as events (one per customer, event name and hour), so the partials then
+  travel in chunks rather than one element per key: `_hour_rows` merges a shard's partials.
+  Global window only (batch fast path).
   """
+
+  def __init__(self, shards: int):
+    self._shards = shards
 
   def start_bundle(self):
     self._sums = {}
@@ -103,8 +101,31 @@ class _HourPartialsFn(beam.DoFn):
 
   def finish_bundle(self):
     sums, self._sums = self._sums, {}
+    buffer = ChunkBuffer(self._shards)
     for slot, totals in sums.items():
-      yield GlobalWindows.windowed_value((slot, totals))
+      chunk = buffer.add(slot[1][0], _partial_line(slot, totals))
+      if chunk is not None:
+        yield GlobalWindows.windowed_value(chunk)
+    yield from buffer.drain()
+
+
+def _partial_line(slot, totals) -> bytes:
+  (hour, (customer, identified, name, currency)), (count, revenue) = slot, totals
+  return orjson.dumps([hour, customer, identified, name, currency, count,
+                       None if revenue is None else str(revenue)])
+
+
+def _hour_rows(_, chunks):
+  """(shard, chunks of partial sums) -> one row per (hour, key) of the shard (batch: each hour
+  is complete, so one on-time pane)."""
+  totals = {}
+  for line in records(chunks):
+    hour, customer, identified, name, currency, count, revenue = orjson.loads(line)
+    slot = (hour, (customer, identified, name, currency))
+    totals[slot] = activity.add(totals.get(slot, (0, None)),
+                                (count, None if revenue is None else decimal.Decimal(revenue)))
+  for (hour, key), sums in totals.items():
+    yield _row(key, sums, hour, hour + HOUR_MICROS, 0, 'ON_TIME')
 
 
 class _ToRowFn(beam.DoFn):
@@ -136,8 +157,9 @@ class HourlyActivity(beam.PTransform):
   """
 
   def __init__(self, allowed_lateness_hours: float = DEFAULT_ALLOWED_LATENESS_HOURS,
-               streaming: bool = True):
+               streaming: bool = True, shards: int = DEFAULT_SHARDS):
     super().__init__()
+    self._shards = shards
     if allowed_lateness_hours < 0:
       raise ValueError(f'allowed_lateness_hours must be >= 0, got {allowed_lateness_hours}')
     self._lateness = Duration(seconds=allowed_lateness_hours * HOUR_SECONDS)
@@ -146,9 +168,10 @@ class HourlyActivity(beam.PTransform):
   def expand(self, pcoll):
     if not self._streaming:
       return (pcoll
-              | 'SumInBundle' >> beam.ParDo(_HourPartialsFn())
-              | 'GroupPerHour' >> beam.GroupByKey()
-              | 'ToHourRow' >> beam.MapTuple(_hour_row))
+              | 'SumInBundle' >> beam.ParDo(_HourPartialsFn(self._shards)).with_output_types(
+                  tuple[int, bytes])
+              | 'GroupShards' >> beam.GroupByKey()
+              | 'ToHourRows' >> beam.FlatMapTuple(_hour_rows))
     return (pcoll
             | 'HourlyWindows' >> beam.WindowInto(
                 window.FixedWindows(HOUR_SECONDS),
