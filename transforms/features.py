@@ -15,7 +15,7 @@ from transforms.live_profiles import (DEFAULT_FLUSH_SECONDS, DEFAULT_IDENTITY_BU
                                       DEFAULT_POPULARITY_WINDOW_HOURS, DEFAULT_REFRESH_MINUTES,
                                       FoldLive, LivePopularity, StitchLive)
 from transforms.rules import identity, profile, serving
-from transforms.shards import DEFAULT_SHARDS, ChunkBuffer, ChunkByShard, records
+from transforms.shards import DEFAULT_SHARDS, ChunkBuffer, records
 
 
 class ProfileOutputs(typing.NamedTuple):
@@ -30,16 +30,11 @@ def customer_line(customer_id: str, encoded: bytes) -> bytes:
   return orjson.dumps(customer_id) + b'\t' + encoded
 
 
-def _keyed_customer_line(pair):
-  customer_id, encoded = pair
-  return customer_id, customer_line(customer_id, encoded)
-
-
 class _RouteFn(beam.DoFn):
-  """Batch: events -> fold inputs of identified events, in chunks per shard of customer ids (main
-  output, `(shard, chunk)` of `customer_line`s); (anonymous_id, encoded fold input) on `anonymous`
-  for the others; the earliest (anonymous_id, (event_time, user_id)) link of the bundle per
-  anonymous id on `links`.
+  """Batch: events -> fold inputs of identified events in chunks per shard of customer ids (main
+  output: `(shard, chunk)` of `customer_line`s); fold inputs of anonymous events in chunks per
+  shard of anonymous ids (`anonymous`, `customer_line`s under the anonymous id); the bundle's
+  earliest link per anonymous id, in chunks per shard of anonymous ids (`links`, `_link_line`s).
 
   The fold input (`profile.fold_input`, `schemas.encode_record`) is what the fold, popularity and
   the catalog check read: about a fifth of the event, and all that the shuffles after this step
@@ -54,7 +49,8 @@ class _RouteFn(beam.DoFn):
     self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
 
   def start_bundle(self):
-    self._chunks = ChunkBuffer(self._shards)
+    self._identified = ChunkBuffer(self._shards)
+    self._anonymous = ChunkBuffer(self._shards)
     self._links: dict[str, tuple] = {}
 
   def process(self, event):
@@ -64,42 +60,75 @@ class _RouteFn(beam.DoFn):
       known = self._links.get(anonymous_id)
       if known is None or candidate < known:
         self._links[anonymous_id] = candidate
-    encoded = schemas.encode_record('events', profile.fold_input(event))
-    if event.get('user_id'):
-      chunk = self._chunks.add(event['user_id'], customer_line(event['user_id'], encoded))
+    user_id, anonymous_id = event.get('user_id'), event.get('anonymous_id')
+    if user_id:
+      encoded = schemas.encode_record('events', profile.fold_input(event))
+      chunk = self._identified.add(user_id, customer_line(user_id, encoded))
       if chunk is not None:
         yield chunk
-    elif event.get('anonymous_id'):
-      yield beam.pvalue.TaggedOutput('anonymous', (event['anonymous_id'], encoded))
+    elif anonymous_id:
+      encoded = schemas.encode_record('events', profile.fold_input(event))
+      chunk = self._anonymous.add(anonymous_id, customer_line(anonymous_id, encoded))
+      if chunk is not None:
+        yield beam.pvalue.TaggedOutput('anonymous', chunk)
     else:
       self._unlinked.inc()
 
   def finish_bundle(self):
-    yield from self._chunks.drain()
+    yield from self._identified.drain()
+    for chunk in self._anonymous.drain():
+      yield beam.pvalue.TaggedOutput('anonymous', chunk)
     links, self._links = self._links, {}
+    buffer = ChunkBuffer(self._shards)
     for anonymous_id, candidate in links.items():
-      yield beam.pvalue.TaggedOutput(
-          'links', GlobalWindows.windowed_value((anonymous_id, candidate)))
+      chunk = buffer.add(anonymous_id, _link_line(anonymous_id, candidate))
+      if chunk is not None:
+        yield beam.pvalue.TaggedOutput('links', GlobalWindows.windowed_value(chunk))
+    for chunk in buffer.drain():
+      yield beam.pvalue.TaggedOutput('links', chunk)
+
+
+def _link_line(anonymous_id: str, candidate: tuple[int, str]) -> bytes:
+  return orjson.dumps([anonymous_id, candidate[0], candidate[1]])
 
 
 class _AttachFn(beam.DoFn):
-  """(anonymous_id, {'events': [encoded...], 'user': [user_id] or []}) -> (user_id, encoded)
-  per event when the anonymous id is linked; counts the events of ids never linked."""
+  """(anonymous-id shard, {'anonymous': chunks, 'links': chunks}) -> the shard's anonymous fold
+  inputs under the userId each anonymous id is linked to (earliest link wins), in chunks per
+  shard of customer ids; counts the events of anonymous ids never linked. Global window only."""
 
-  def __init__(self):
+  def __init__(self, shards: int):
+    self._shards = shards
     self._stitched = metrics.counter(metrics.EVENTS_STITCHED)
     self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
 
+  def start_bundle(self):
+    self._chunks = ChunkBuffer(self._shards)
+
   def process(self, element):
     _, grouped = element
-    encoded = list(grouped['events'])
-    users = list(grouped['user'])
-    if not users:
-      self._unlinked.inc(len(encoded))
-      return
-    self._stitched.inc(len(encoded))
-    for data in encoded:
-      yield users[0], data
+    links: dict[str, tuple] = {}
+    for line in records(grouped['links']):
+      anonymous_id, at, user_id = orjson.loads(line)
+      known = links.get(anonymous_id)
+      links[anonymous_id] = (at, user_id) if known is None else identity.earliest(
+          [known, (at, user_id)])
+    stitched = unlinked = 0
+    for line in records(grouped['anonymous']):
+      cut = line.index(b'\t')
+      won = links.get(orjson.loads(line[:cut]))
+      if won is None:
+        unlinked += 1
+        continue
+      stitched += 1
+      chunk = self._chunks.add(won[1], customer_line(won[1], line[cut + 1:]))
+      if chunk is not None:
+        yield chunk
+    self._stitched.inc(stitched)
+    self._unlinked.inc(unlinked)
+
+  def finish_bundle(self):
+    yield from self._chunks.drain()
 
 
 def customers_of(chunks) -> dict[str, list[dict]]:
@@ -122,11 +151,11 @@ class StitchIdentities(beam.PTransform):
   linked produce nothing here (they are in the warehouse already) and are counted
   (`events_anonymous_unlinked`).
 
-  The links are joined to the anonymous events by anonymous id (a CoGroupByKey), so only
-  anonymous events take the extra shuffle and no step over every event reads a side input.
-  Events then travel to their customer's shard in compressed chunks (`transforms/shards.py`):
-  on 1,000,000 events, a GroupByKey with one element per event held them three times over at
-  its stage boundary (about 1.8 GB on the FnApiRunner), the chunks a tenth of that.
+  The links are joined to the anonymous events per shard of anonymous ids (a CoGroupByKey of
+  chunks), so only anonymous events take the extra shuffle and no step over every event reads a
+  side input. Everything travels in compressed chunks (`transforms/shards.py`): on 1,000,000
+  events, a GroupByKey with one element per event held them three times over at its stage
+  boundary (about 1.8 GB on the FnApiRunner), the chunks a tenth of that.
   Batch only: the links come from the whole bounded input. Streaming stitches with a replay
   buffer instead (transforms.live_profiles.StitchLive).
   """
@@ -138,15 +167,11 @@ class StitchIdentities(beam.PTransform):
   def expand(self, events):
     routed = events | 'Route' >> beam.ParDo(_RouteFn(self._shards)).with_output_types(
         tuple[int, bytes]).with_outputs('links', 'anonymous', main='identified')
-    links = (routed.links
-             | 'EarliestLink' >> beam.CombinePerKey(identity.earliest)
-             | 'LinkedUser' >> beam.MapTuple(lambda anonymous_id, won: (anonymous_id, won[1])))
-    attached = ({'events': routed.anonymous, 'user': links}
+    attached = ({'anonymous': routed.anonymous, 'links': routed.links}
                 | 'JoinLinks' >> beam.CoGroupByKey()
-                | 'Attach' >> beam.ParDo(_AttachFn()))
-    chunks = [routed.identified,
-              attached | 'ChunkAttached' >> ChunkByShard(_keyed_customer_line, self._shards)]
-    return (chunks
+                | 'Attach' >> beam.ParDo(_AttachFn(self._shards)).with_output_types(
+                    tuple[int, bytes]))
+    return ((routed.identified, attached)
             | 'Attributed' >> beam.Flatten()
             | 'GroupByCustomerShard' >> beam.GroupByKey().with_output_types(
                 tuple[int, typing.Iterable[bytes]]))

@@ -252,3 +252,27 @@ def test_block_line_reader_splits_across_block_boundaries():
         b'{"a":1}', b'', b'  ', b'line two', b'no newline at end'], block
   assert list(_lines(io.BytesIO(b''), 4)) == []
   assert list(_lines(io.BytesIO(b'x\n'), 4)) == [b'x']
+
+
+def test_attach_joins_links_from_several_bundles_earliest_first():
+  # Links of one anonymous id arrive in chunks from two bundles (two users on a shared device):
+  # the earliest link wins, whichever chunk holds it; an id never linked is counted, not kept.
+  from transforms import features
+  link_chunks = []
+  for candidates in ([('a1', 50, 'late-user')], [('a1', 10, 'early-user'), ('a2', 5, 'c2')]):
+    buffer = shards_module.ChunkBuffer(shards=1)
+    for anonymous_id, at, user in candidates:
+      buffer.add(anonymous_id, features._link_line(anonymous_id, (at, user)))
+    link_chunks += [value.value[1] for value in buffer.drain()]
+  anonymous = shards_module.ChunkBuffer(shards=1)
+  for anonymous_id, message_id in (('a1', 'm1'), ('a2', 'm2'), ('a9', 'm9')):
+    encoded = schemas.encode_record('events', {'message_id': message_id, 'event_time': 1})
+    anonymous.add(anonymous_id, features.customer_line(anonymous_id, encoded))
+  [anonymous_chunk] = [value.value[1] for value in anonymous.drain()]
+  fn = features._AttachFn(shards=3)
+  fn.start_bundle()
+  out = list(fn.process((0, {'anonymous': [anonymous_chunk], 'links': link_chunks})))
+  out += [value.value for value in fn.finish_bundle()]
+  attached = {customer: sorted(e['message_id'] for e in events)
+              for customer, events in features.customers_of(chunk for _, chunk in out).items()}
+  assert attached == {'early-user': ['m1'], 'c2': ['m2']}
