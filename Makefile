@@ -8,7 +8,7 @@ DATA ?= data/sample
 STACK_STATE ?= .localstack/demo
 STACK := $(PY) -m scripts.localstack --state-dir $(STACK_STATE)
 
-.PHONY: venv demo stream stop status data run test test-unit bench bench-connector bench-stream serve clean template-build template-run
+.PHONY: venv demo stream stop status data run test test-unit bench bench-1m bench-stages bench-connector bench-stream serve clean template-build template-run
 
 venv: $(VENV)/.installed $(BQ_VENV)/.installed
 
@@ -65,6 +65,12 @@ test-unit: venv
 
 bench: venv
 	$(PY) -m bench.throughput
+
+bench-1m: venv
+	$(PY) -m bench.throughput --events 1000000 --repeat 3
+
+bench-stages: venv
+	$(PY) -m bench.stages
 
 bench-connector: venv
 	$(PY) -m bench.connector_load
