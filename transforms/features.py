@@ -24,10 +24,18 @@ class ProfileOutputs(typing.NamedTuple):
   popularity: beam.PCollection  # streaming: (product_id, popularity document); batch: empty
 
 
-def customer_line(customer_id: str, encoded: bytes) -> bytes:
+def fold_line(event: dict) -> bytes:
+  """What the group by customer carries of an event: the products it shows interest in
+  (`profile.interacted_products`, a JSON list: what popularity reads, without decoding the
+  rest), a tab, the encoded fold input (`profile.fold_input`)."""
+  return (orjson.dumps(profile.interacted_products(event)) + b'\t'
+          + schemas.encode_record('events', profile.fold_input(event)))
+
+
+def customer_line(customer_id: str, line: bytes) -> bytes:
   """One line of a customer-shard chunk: the customer id as a JSON string (JSON escapes tabs and
-  newlines, so it holds neither), a tab, the encoded fold input."""
-  return orjson.dumps(customer_id) + b'\t' + encoded
+  newlines, so it holds neither), a tab, the event's `fold_line`."""
+  return orjson.dumps(customer_id) + b'\t' + line
 
 
 class _RouteFn(beam.DoFn):
@@ -62,13 +70,11 @@ class _RouteFn(beam.DoFn):
         self._links[anonymous_id] = candidate
     user_id, anonymous_id = event.get('user_id'), event.get('anonymous_id')
     if user_id:
-      encoded = schemas.encode_record('events', profile.fold_input(event))
-      chunk = self._identified.add(user_id, customer_line(user_id, encoded))
+      chunk = self._identified.add(user_id, customer_line(user_id, fold_line(event)))
       if chunk is not None:
         yield chunk
     elif anonymous_id:
-      encoded = schemas.encode_record('events', profile.fold_input(event))
-      chunk = self._anonymous.add(anonymous_id, customer_line(anonymous_id, encoded))
+      chunk = self._anonymous.add(anonymous_id, customer_line(anonymous_id, fold_line(event)))
       if chunk is not None:
         yield beam.pvalue.TaggedOutput('anonymous', chunk)
     else:
@@ -135,9 +141,9 @@ def customers_of(chunks) -> dict[str, list[dict]]:
   """A customer shard's chunks -> {customer_id: fold inputs (decoded)}."""
   grouped: dict[str, list[dict]] = {}
   for line in records(chunks):
-    cut = line.index(b'\t')
-    grouped.setdefault(orjson.loads(line[:cut]), []).append(
-        schemas.decode_record('events', line[cut + 1:]))
+    customer_id, _, encoded = line.split(b'\t', 2)
+    grouped.setdefault(orjson.loads(customer_id), []).append(
+        schemas.decode_record('events', encoded))
   return grouped
 
 
@@ -179,14 +185,16 @@ class StitchIdentities(beam.PTransform):
 
 def _shard_products(element):
   """(shard, chunks) -> (product_id, distinct customers of the shard who viewed, added or bought
-  it)."""
+  it): from each line's product list, without decoding the fold inputs."""
   _, chunks = element
+  products: dict[bytes, set] = {}
+  for line in records(chunks):
+    customer_id, interacted, _ = line.split(b'\t', 2)
+    if interacted != b'[]':
+      products.setdefault(customer_id, set()).update(orjson.loads(interacted))
   counts: dict[str, int] = {}
-  for events in customers_of(chunks).values():
-    products = set()
-    for event in events:
-      products.update(profile.interacted_products(event))
-    for product_id in products:
+  for interacted in products.values():
+    for product_id in interacted:
       counts[product_id] = counts.get(product_id, 0) + 1
   return counts.items()
 

@@ -266,8 +266,9 @@ def test_attach_joins_links_from_several_bundles_earliest_first():
     link_chunks += [value.value[1] for value in buffer.drain()]
   anonymous = shards_module.ChunkBuffer(shards=1)
   for anonymous_id, message_id in (('a1', 'm1'), ('a2', 'm2'), ('a9', 'm9')):
-    encoded = schemas.encode_record('events', {'message_id': message_id, 'event_time': 1})
-    anonymous.add(anonymous_id, features.customer_line(anonymous_id, encoded))
+    event = {'message_id': message_id, 'event_time': 1, 'type': 'track',
+             'event': 'Product Viewed', 'product_id': 'p1'}
+    anonymous.add(anonymous_id, features.customer_line(anonymous_id, features.fold_line(event)))
   [anonymous_chunk] = [value.value[1] for value in anonymous.drain()]
   fn = features._AttachFn(shards=3)
   fn.start_bundle()
