@@ -56,10 +56,22 @@ class _RouteFn(beam.DoFn):
     self._shards = shards
     self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
 
+  # Links kept per bundle before they are flushed into chunks (bounded like the hourly partial
+  # sums: transforms/windows.py, _HourPartialsFn).
+  MAX_LINKS = 20_000
+
   def start_bundle(self):
     self._identified = ChunkBuffer(self._shards)
     self._anonymous = ChunkBuffer(self._shards)
+    self._link_chunks = ChunkBuffer(self._shards)
     self._links: dict[str, tuple] = {}
+
+  def _flush_links(self):
+    links, self._links = self._links, {}
+    for anonymous_id, candidate in links.items():
+      chunk = self._link_chunks.add(anonymous_id, _link_line(anonymous_id, candidate))
+      if chunk is not None:
+        yield chunk
 
   def process(self, event):
     found = identity.link(event)
@@ -68,6 +80,9 @@ class _RouteFn(beam.DoFn):
       known = self._links.get(anonymous_id)
       if known is None or candidate < known:
         self._links[anonymous_id] = candidate
+        if len(self._links) >= self.MAX_LINKS:
+          for chunk in self._flush_links():
+            yield beam.pvalue.TaggedOutput('links', chunk)
     user_id, anonymous_id = event.get('user_id'), event.get('anonymous_id')
     if user_id:
       chunk = self._identified.add(user_id, customer_line(user_id, fold_line(event)))
@@ -84,13 +99,9 @@ class _RouteFn(beam.DoFn):
     yield from self._identified.drain()
     for chunk in self._anonymous.drain():
       yield beam.pvalue.TaggedOutput('anonymous', chunk)
-    links, self._links = self._links, {}
-    buffer = ChunkBuffer(self._shards)
-    for anonymous_id, candidate in links.items():
-      chunk = buffer.add(anonymous_id, _link_line(anonymous_id, candidate))
-      if chunk is not None:
-        yield beam.pvalue.TaggedOutput('links', GlobalWindows.windowed_value(chunk))
-    for chunk in buffer.drain():
+    for chunk in self._flush_links():
+      yield beam.pvalue.TaggedOutput('links', GlobalWindows.windowed_value(chunk))
+    for chunk in self._link_chunks.drain():
       yield beam.pvalue.TaggedOutput('links', chunk)
 
 

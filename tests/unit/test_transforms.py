@@ -105,7 +105,10 @@ def segment(message_id, minute, name=None, user=None, anon=None, type_='track', 
   return events_rules.parse_event(orjson.dumps(payload), 'file:test', 0)
 
 
-def test_build_profiles_stitches_enriches_suppresses_and_triggers():
+@pytest.mark.parametrize('max_links', [20_000, 1], ids=['links-per-bundle', 'links-flushed'])
+def test_build_profiles_stitches_enriches_suppresses_and_triggers(max_links, monkeypatch):
+  from transforms import features
+  monkeypatch.setattr(features._RouteFn, 'MAX_LINKS', max_links)
   events = [
       # Anonymous browsing, linked later by an identify carrying both ids.
       segment('v1', 1, 'Product Viewed', anon='a1', properties={'product_id': 'p1'}),
@@ -216,8 +219,13 @@ def test_transforms_reject_bad_arguments_at_construction():
     ReadPubSubEvents('events-sub')
 
 
-@pytest.mark.parametrize('streaming', [False, True], ids=['batch-fast-path', 'windowed'])
-def test_hourly_activity_in_batch_one_on_time_pane_per_key(streaming):
+@pytest.mark.parametrize('streaming,max_partials', [(False, 20_000), (False, 1), (True, 20_000)],
+                         ids=['batch-fast-path', 'batch-flushing-every-key', 'windowed'])
+def test_hourly_activity_in_batch_one_on_time_pane_per_key(streaming, max_partials, monkeypatch):
+  # With max_partials=1 the batch path flushes its partial sums at every key: the rows are the
+  # same, merged per shard.
+  from transforms import windows
+  monkeypatch.setattr(windows._HourPartialsFn, 'MAX_PARTIALS', max_partials)
   def ev(mid, minute, name='Product Viewed', user='c1', anon=None, total=None, currency=None):
     return {'message_id': mid, 'type': 'track', 'event': name, 'user_id': user,
             'anonymous_id': anon, 'event_time': 1_793_613_600_000_000 + minute * 60_000_000,
