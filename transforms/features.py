@@ -148,14 +148,19 @@ class _AttachFn(beam.DoFn):
     yield from self._chunks.drain()
 
 
-def customers_of(chunks) -> dict[str, list[dict]]:
-  """A customer shard's chunks -> {customer_id: fold inputs (decoded)}."""
-  grouped: dict[str, list[dict]] = {}
+def customer_lines(chunks) -> dict[str, list[bytes]]:
+  """A customer shard's chunks -> {customer_id: encoded fold inputs}. Decode them with
+  `decoded` one customer at a time: holding a whole shard decoded (about 15 Python objects per
+  event) makes the garbage collector rescan them over and over."""
+  grouped: dict[str, list[bytes]] = {}
   for line in records(chunks):
     customer_id, _, encoded = line.split(b'\t', 2)
-    grouped.setdefault(orjson.loads(customer_id), []).append(
-        schemas.decode_record('events', encoded))
+    grouped.setdefault(orjson.loads(customer_id), []).append(encoded)
   return grouped
+
+
+def decoded(encoded: list[bytes]) -> list[dict]:
+  return [schemas.decode_record('events', data) for data in encoded]
 
 
 class StitchIdentities(beam.PTransform):
@@ -163,7 +168,7 @@ class StitchIdentities(beam.PTransform):
 
   Input: deduplicated event records (global window). Output: `(shard, [compressed chunk, ...])`,
   every fold input (`profile.fold_input`, encoded) of a shard's customers, read back with
-  `customers_of`. Events with a `user_id` go to it; anonymous events go to the userId their
+  `customer_lines`. Events with a `user_id` go to it; anonymous events go to the userId their
   anonymousId is linked to by any event in the input (earliest link wins). Anonymous events never
   linked produce nothing here (they are in the warehouse already) and are counted
   (`events_anonymous_unlinked`).
@@ -287,9 +292,9 @@ class _FoldRenderFn(beam.DoFn):
 
   def process(self, element, customers, catalog, recommender, reference_time):
     _, chunks = element
-    grouped = customers_of(chunks)
+    grouped = customer_lines(chunks)
     for customer_id in sorted(grouped):
-      events = grouped.pop(customer_id)
+      events = decoded(grouped.pop(customer_id))
       for event in events:
         if event.get('product_id') is not None and event['product_id'] not in catalog:
           self._unknown_products.inc()

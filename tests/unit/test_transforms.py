@@ -282,6 +282,6 @@ def test_attach_joins_links_from_several_bundles_earliest_first():
   fn.start_bundle()
   out = list(fn.process((0, {'anonymous': [anonymous_chunk], 'links': link_chunks})))
   out += [value.value for value in fn.finish_bundle()]
-  attached = {customer: sorted(e['message_id'] for e in events)
-              for customer, events in features.customers_of(chunk for _, chunk in out).items()}
+  attached = {customer: sorted(e['message_id'] for e in features.decoded(lines))
+              for customer, lines in features.customer_lines(chunk for _, chunk in out).items()}
   assert attached == {'early-user': ['m1'], 'c2': ['m2']}
