@@ -45,7 +45,7 @@ class _RouteFn(beam.DoFn):
   earliest link per anonymous id, in chunks per shard of anonymous ids (`links`, `_link_line`s).
 
   The fold input (`profile.fold_input`, `schemas.encode_record`) is what the fold, popularity and
-  the catalog check read: about a fifth of the event, and all that the shuffles after this step
+  the catalog check read: about a third of the event, and all that the shuffles after this step
   carry. One step over every event for what took five (links, their pre-combine, attribution with
   a side input, encoding, chunking): each step over every event costs a few microseconds per
   event on the FnApiRunner, and a DoFn with a side input about 20 (docs/PERFORMANCE.md).

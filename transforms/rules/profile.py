@@ -144,7 +144,7 @@ def fold_input(event: dict) -> dict:
   records gives the same state as folding the records (tests/unit/test_fold_input.py checks it
   on the sample data, the bad-input corpus and generated events).
 
-  What the batch graph carries through its group by customer: about a fifth of an encoded event
+  What the batch graph carries through its group by customer: about a third of an encoded event
   (no context, user agent, page or unused properties). Change it with `apply`.
   """
   slim = {name: event.get(name) for name in _FOLD_FIELDS}
