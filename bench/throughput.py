@@ -9,8 +9,10 @@ events to customers, count product popularity, fold and render a document per cu
 catalog enrichment, recommendations, consent), derive cart triggers, and serialise events, dead
 letters, hourly rows, documents and triggers as JSON lines to local files. The graph is
 `pipeline.graph.build_outputs` (the production graph minus its cloud sinks) with file sinks
-(WriteToText of line blocks per bundle), on the FnApiRunner. The benchmark checks that both sides produce the same events,
-dead letters and documents, then prints events/s (median of --repeat runs) and the ratio.
+(WriteToText of line blocks per bundle), on the FnApiRunner. Each side runs in its own process.
+The benchmark checks that both sides produce the same events, dead letters, hourly rows,
+documents and triggers, then prints events/s (median of --repeat runs), the ratio and each
+side's peak memory.
 """
 from __future__ import annotations
 

@@ -93,9 +93,9 @@ class ReadEventFiles(beam.PTransform):
 
   Takes a list of file patterns (globs, local or `gs://`); a pattern ending in `.avro` is read as
   Avro files of `schemas/segment_event.avsc` (Beam's fastavro-backed reader), any other as NDJSON.
-  Produces `(source, payload, attributes)` triples: `source` is `file:<path>`, `payload` the raw line
-  as bytes (not decoded here, so invalid UTF-8 reaches the parser and is dead-lettered with its
-  original bytes) or an Avro record re-encoded as JSON, `attributes` None.
+  Produces `(source, payload, attributes)` triples: `source` is `file:<path>`, `payload` the raw
+  line as bytes (not decoded here, so invalid UTF-8 reaches the parser and is dead-lettered with
+  its original bytes) or an Avro record re-encoded as JSON, `attributes` None.
 
   NDJSON files are read by ReadFromText in batch when uncompressed (its splittable reader divides
   a large file between workers). Compressed files (`.gz`, `.bz2`, `.zst`, ...: a pattern ending in

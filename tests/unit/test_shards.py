@@ -1,4 +1,4 @@
-"""transforms/shards.py: records reach their shard whole, in order, once, whatever the chunk size."""
+"""transforms/shards.py: records reach their shard whole and once, whatever the chunk size."""
 import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
