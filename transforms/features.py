@@ -52,13 +52,13 @@ class _RouteFn(beam.DoFn):
   Global window only (batch).
   """
 
-  def __init__(self, shards: int):
-    self._shards = shards
-    self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
-
   # Links kept per bundle before they are flushed into chunks (bounded like the hourly partial
   # sums: transforms/windows.py, _HourPartialsFn).
   MAX_LINKS = 20_000
+
+  def __init__(self, shards: int):
+    self._shards = shards
+    self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
 
   def start_bundle(self):
     self._identified = ChunkBuffer(self._shards)
