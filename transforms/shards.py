@@ -13,8 +13,8 @@ time.
 
 A chunk is the records' lines joined by newlines: lines must not contain a raw newline (JSON from
 orjson never does). Batch only: chunks emitted when a bundle ends carry the global window, and
-nothing is emitted before a shard's buffer fills or its bundle ends. The memory a bundle holds is
-at most `shards * chunk_bytes` of uncompressed lines.
+nothing is emitted before a shard's buffer fills or its bundle ends. A buffer holds at most
+`min(shards * chunk_bytes, max_buffered)` of uncompressed lines (64 MiB by default).
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ DEFAULT_SHARDS = 256
 # Lines buffered per shard before a chunk is compressed and emitted: about 250 encoded events,
 # which zstd level 1 compresses about 9x at about 1.3 us per event.
 CHUNK_BYTES = 256 * 1024
+# Lines buffered over all shards of one buffer before the buffer just added to is emitted early.
+MAX_BUFFERED = 64 * 1024 * 1024
 
 
 def shard_of(key: str, shards: int) -> int:
@@ -40,18 +42,24 @@ class ChunkBuffer:
   """Lines buffered per shard; `add` returns a (shard, compressed chunk) pair when a shard's buffer
   is full, `drain` the rest (at the end of a bundle). For DoFns that chunk what they emit.
 
+  A shard's buffer is emitted when it reaches `chunk_bytes`, or when all buffers together reach
+  `max_buffered` (then the buffer just added to is emitted, smaller): memory stays bounded when
+  shards are many (4,096 shards of 256 KB would otherwise hold up to 1 GiB per buffer).
   Lines are appended to a bytearray per shard rather than kept as a list: each bytes object
   orjson returns keeps its whole output buffer (measured: about 8 KB of memory per retained 1.1
   KB event), so holding them would cost several times the records' size.
   """
 
-  def __init__(self, shards: int = DEFAULT_SHARDS, chunk_bytes: int = CHUNK_BYTES):
+  def __init__(self, shards: int = DEFAULT_SHARDS, chunk_bytes: int = CHUNK_BYTES,
+               max_buffered: int = MAX_BUFFERED):
     if shards < 1:
       raise ValueError(f'shards must be at least 1, got {shards}')
     self._shards = shards
     self._chunk_bytes = chunk_bytes
+    self._max_buffered = max_buffered
     self._compressor = zstandard.ZstdCompressor(level=1)
     self._buffers: dict[int, bytearray] = {}
+    self._buffered = 0
 
   def add(self, key: str, line: bytes) -> tuple[int, bytes] | None:
     shard = shard_of(key, self._shards)
@@ -60,15 +68,18 @@ class ChunkBuffer:
       buffer = self._buffers[shard] = bytearray()
     elif buffer:
       buffer += b'\n'
+      self._buffered += 1
     buffer += line
-    if len(buffer) < self._chunk_bytes:
+    self._buffered += len(line)
+    if len(buffer) < self._chunk_bytes and self._buffered < self._max_buffered:
       return None
     del self._buffers[shard]
+    self._buffered -= len(buffer)
     return shard, self._compressor.compress(buffer)
 
   def drain(self) -> list:
     """The remaining chunks, as global-window values (what `finish_bundle` yields)."""
-    buffers, self._buffers = self._buffers, {}
+    buffers, self._buffers, self._buffered = self._buffers, {}, 0
     return [GlobalWindows.windowed_value((shard, self._compressor.compress(buffer)))
             for shard, buffer in buffers.items()]
 

@@ -70,3 +70,18 @@ def test_chunk_by_shard_and_group_by_key_bring_a_shards_records_together():
 def test_zero_shards_is_refused():
   with pytest.raises(ValueError, match='shards'):
     shards.ChunkBuffer(shards=0)
+
+
+def test_many_shards_stay_within_the_memory_bound_and_lose_nothing():
+  buffer = shards.ChunkBuffer(shards=4096, chunk_bytes=1 << 20, max_buffered=10_000)
+  chunks, sent = [], []
+  for i in range(5000):
+    line = f'{{"n":{i},"pad":"{"x" * 40}"}}'.encode()
+    sent.append(line)
+    chunk = buffer.add(f'key{i}', line)
+    if chunk is not None:
+      chunks.append(chunk)
+    assert buffer._buffered < 10_000 + len(line)
+  assert len(chunks) > 10  # emitted early: no shard's buffer came near 1 MiB
+  chunks += [value.value for value in buffer.drain()]
+  assert sorted(shards.records(chunk for _, chunk in chunks)) == sorted(sent)
