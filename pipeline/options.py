@@ -44,9 +44,9 @@ class PersonalizationOptions(PipelineOptions):
         '--batch_shards', type=int, default=DEFAULT_SHARDS,
         help='Batch: the dedupe and the per-customer fold shuffle events in compressed chunks '
              'per shard of message ids and of customer ids, this many shards each. One worker '
-             'holds one shard\'s events in memory at a time (about 5 KB each), and a shard is '
-             'the unit of parallelism of those steps: raise it for inputs of hundreds of '
-             'millions of events (keep events per shard under about 200,000).')
+             'holds one shard\'s events in memory at a time (encoded, about 1.5 KB each), and a '
+             'shard is the unit of parallelism of those steps: raise it for inputs of hundreds '
+             'of millions of events (keep events per shard under about 200,000).')
     parser.add_argument(
         '--allowed_lateness_hours', type=float, default=DEFAULT_ALLOWED_LATENESS_HOURS,
         help='How late (behind the watermark) an event may arrive and still update its hourly '
