@@ -13,7 +13,8 @@ time.
 
 A chunk is the records' lines joined by newlines: lines must not contain a raw newline (JSON from
 orjson never does). Batch only: chunks emitted when a bundle ends carry the global window, and
-nothing is emitted before a shard's buffer fills or its bundle ends. A buffer holds at most
+a shard's lines are emitted only when its buffer fills, when all of a buffer's shards together
+reach `max_buffered`, or when the bundle ends. A buffer holds at most
 `min(shards * chunk_bytes, max_buffered)` of uncompressed lines (64 MiB by default).
 """
 from __future__ import annotations
