@@ -74,8 +74,10 @@ class _StageClock(logging.Handler):
           self.stages[-1][3] = max(self.stages[-1][3], rss)
 
   def __enter__(self):
+    self._saved = {}
     for name in _RUNNER_LOGGERS:
       logger = logging.getLogger(name)
+      self._saved[name] = (logger.level, logger.propagate)
       logger.setLevel(logging.DEBUG)
       logger.addHandler(self)
       logger.propagate = False
@@ -85,11 +87,11 @@ class _StageClock(logging.Handler):
   def __exit__(self, *exc):
     self._stop.set()
     self._sampler.join()
-    for name in _RUNNER_LOGGERS:
+    for name, (level, propagate) in self._saved.items():
       logger = logging.getLogger(name)
       logger.removeHandler(self)
-      logger.setLevel(logging.NOTSET)
-      logger.propagate = True
+      logger.setLevel(level)
+      logger.propagate = propagate
 
 
 def main(argv=None) -> int:

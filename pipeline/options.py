@@ -8,10 +8,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 import schemas
 from transforms.dedupe import DEFAULT_DEDUPE_HOURS
-from transforms.shards import DEFAULT_SHARDS
 from transforms.live_profiles import (DEFAULT_IDENTITY_BUFFER_HOURS,
                                       DEFAULT_POPULARITY_WINDOW_HOURS, DEFAULT_REFRESH_MINUTES)
 from transforms.rules import events, profile
+from transforms.shards import DEFAULT_SHARDS
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
 from transforms.sinks.bigquery import STREAMING_INSERTS, WRITE_METHODS
 from transforms.windows import DEFAULT_ALLOWED_LATENESS_HOURS

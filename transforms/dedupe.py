@@ -94,7 +94,7 @@ class _KeepFirstFn(beam.DoFn):
 
   Chooses from the lines' headers, holding the shard's encoded lines (bytes), then decodes each
   survivor just before emitting it. Holding the decoded events of a shard instead (about 40
-  Python objects each) made the garbage collector rescan them over and over: 15 s of a 120 s run
+  Python objects each) made the garbage collector rescan them over and over: 15 s of a 118 s run
   of 1,000,000 events (measured with the collector off, docs/PERFORMANCE.md).
   """
 

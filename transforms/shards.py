@@ -1,11 +1,12 @@
 """Batch shuffles of compressed chunks: records bound for the same shard of keys travel together.
 
 The batch dedupe (by message id) and the batch group by customer shuffle every event. Shuffling
-one element per event costs a runner per-element work and memory for every event: measured on
-the FnApiRunner (docs/PERFORMANCE.md), a GroupByKey of 1,000,000 encoded events held them two to
-three times over at its stage boundary (over 2 GiB), and the same bytes are what Dataflow
-Shuffle bills. Here each bundle instead buffers its records per shard (a stable hash of the key
-modulo `shards`), and emits a shard's buffer as one zstd-compressed chunk when it reaches
+one element per event costs a runner per-element work and memory for every event: the
+FnApiRunner keeps every shuffled element in memory and copies it at a stage boundary (its data
+channel, its grouping table, the grouped stream), and with per-event GroupByKeys the graph peaked
+at 7.4 GB on 1,000,000 events, 1.1 GB with chunks (docs/PERFORMANCE.md); the same bytes are what
+Dataflow Shuffle bills. Here each bundle instead buffers its records per shard (a stable hash of
+the key modulo `shards`), and emits a shard's buffer as one zstd-compressed chunk when it reaches
 `chunk_bytes` or the bundle ends: a GroupByKey on the shard number then brings together every
 record of a shard, in a few chunks about 5 to 9 times smaller than the records. The consumer
 reads a shard's records back with `records` and finishes the grouping in memory, one shard at a
