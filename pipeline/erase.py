@@ -204,7 +204,7 @@ def dead_letter_mentions(payload: str, encoding: str, step: str,
   return found
 
 
-def chunked(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+def chunked(items: Sequence, size: int) -> Iterator[Sequence]:
   for start in range(0, len(items), size):
     yield items[start:start + size]
 
@@ -400,9 +400,9 @@ class Eraser:
         refs.append(self._fs.collection(self.collection).document(cid))
     existed = {snap.id for snap in self._fs.get_all(refs) if snap.exists} if refs else set()
     if not self.dry_run:
-      for start in range(0, len(refs), FIRESTORE_BATCH_LIMIT):
+      for group in chunked(refs, FIRESTORE_BATCH_LIMIT):
         batch = self._fs.batch()
-        for ref in refs[start:start + FIRESTORE_BATCH_LIMIT]:
+        for ref in group:
           batch.delete(ref)  # deleting a missing document is a no-op: idempotent
         batch.commit()
     return existed
