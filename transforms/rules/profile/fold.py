@@ -1,0 +1,295 @@
+"""The profile fold: `new_state(customer_id)`, then `apply(state, event)` per event. Pure, no Beam.
+
+The fold does not depend on arrival order: folding a customer's events in any order (exact
+duplicates dropped upstream) gives the state that folding them by event time gives. Each rule is
+either set-like (a maximum, a sum, a dict keyed by id) or keeps what it needs to re-sort:
+- "newest wins" fields keep the event-time key `(event_time, message_id)` of their value and are
+  replaced only by a newer key, never by a later arrival;
+- the cart keeps its operations since the newest `Order Completed`, sorted by that key, and is
+  the replay of them (an order empties only what the cart held at its event time).
+State per customer is bounded by `MAX_CART_OPS` cart operations since the last order (older ones
+are compacted into a base cart, docs/DATA_CONTRACT.md says what that costs), the 10 newest views,
+and one entry per distinct product and order the customer touched. Times are epoch microseconds.
+"""
+from __future__ import annotations
+
+import bisect
+import decimal
+from typing import Any, Iterable, Mapping
+
+PRODUCT_VIEWED = 'Product Viewed'
+PRODUCT_ADDED = 'Product Added'
+PRODUCT_REMOVED = 'Product Removed'
+ORDER_COMPLETED = 'Order Completed'
+ORDER_CANCELLED = 'Order Cancelled'
+EMAIL_OPENED = 'Email Opened'
+EMAIL_CLICKED = 'Email Link Clicked'
+
+# Interaction weights for top_categories.
+VIEW_WEIGHT, ADD_WEIGHT, ORDER_WEIGHT = 1, 3, 5
+MAX_RECENTLY_VIEWED = 10
+# Cart operations kept since the newest order; past it the older half is compacted into a base.
+MAX_CART_OPS = 100
+PRODUCT_FIELDS = ('name', 'category', 'url', 'image_url')
+# Money arithmetic. Decimal's default 28 digits cannot round a cart line at the contract's maximum
+# price (10^15) and a large quantity to cents (quantize raises InvalidOperation) and would round
+# products silently; 60 digits keep every sum exact.
+MONEY = decimal.Context(prec=60)
+
+
+def event_name(event: dict) -> str:
+  """The name an event is counted under: the track event name, else the call type."""
+  return event['event'] if event['type'] == 'track' and event.get('event') else event['type']
+
+
+def new_state(customer_id: str) -> dict:
+  return {
+      'customer_id': customer_id,
+      'last_event_at': None,
+      # "Newest wins" registers: (event_time, message_id, value) of the newest event that set it.
+      'email_sha256': None,     # from any event carrying an email
+      'first_name': None,       # identify traits.first_name / firstName
+      'unsubscribed': None,     # identify traits.unsubscribed
+      'views': {},              # product_id -> newest view time (the newest MAX_RECENTLY_VIEWED)
+      'products': {},           # product_id -> {field: (event_time, message_id, value)}
+      'scores': {},             # product_id -> weighted interactions
+      'cart': {},               # product_id -> quantity: the replay of cart_base + cart_ops
+      'cart_ops': [],           # sorted (event_time, message_id, product_id, delta) since the floor
+      'cart_base': {},          # the cart at cart_compacted (empty unless ops were compacted)
+      'cart_compacted': None,   # key of the newest compacted operation
+      'cart_reset': None,       # key of the newest Order Completed (it emptied the cart)
+      'cart_updated_at': None,  # newest add, remove or order time
+      'cart_currency': None,    # register: the newest add or remove carrying a currency
+      'orders': {},             # order_id -> {'at', 'message_id', 'value', 'currency', 'products'}
+      'cancelled': set(),       # order ids cancelled (even before they were seen completed)
+      'email_opened_at': None,
+      'email_clicked_at': None,
+  }
+
+
+def apply(state: dict, event: dict) -> dict:
+  """Folds one event into the profile state (updated in place and returned: the fold owns it)."""
+  at = event['event_time']
+  key = (at, event['message_id'])
+  if state['last_event_at'] is None or at > state['last_event_at']:
+    state['last_event_at'] = at
+  if event.get('email_sha256'):
+    state['email_sha256'] = newest(state['email_sha256'], key, event['email_sha256'])
+  if event['type'] == 'identify':
+    _apply_identify(state, event, key)
+    return state
+  name = event_name(event)
+  properties = event.get('properties') if isinstance(event.get('properties'), dict) else {}
+  product_id = event.get('product_id')
+  if product_id is not None and name in (PRODUCT_VIEWED, PRODUCT_ADDED, PRODUCT_REMOVED):
+    _remember_product(state, product_id, properties, amount(event.get('price')), key)
+  if name == PRODUCT_VIEWED and product_id is not None:
+    _score(state, product_id, VIEW_WEIGHT)
+    _view(state['views'], product_id, at)
+  elif name in (PRODUCT_ADDED, PRODUCT_REMOVED) and product_id is not None:
+    quantity = event.get('quantity') or 1
+    if name == PRODUCT_ADDED:
+      _score(state, product_id, ADD_WEIGHT)
+    _cart_operation(state, key, product_id, quantity if name == PRODUCT_ADDED else -quantity)
+    if event.get('currency'):
+      state['cart_currency'] = newest(state['cart_currency'], key, event['currency'])
+  elif name == ORDER_COMPLETED:
+    _apply_order(state, event, properties, key)
+  elif name == ORDER_CANCELLED and event.get('order_id') is not None:
+    state['cancelled'].add(event['order_id'])
+  elif name == EMAIL_OPENED:
+    state['email_opened_at'] = _max(state['email_opened_at'], at)
+  elif name == EMAIL_CLICKED:
+    state['email_clicked_at'] = _max(state['email_clicked_at'], at)
+  return state
+
+
+def fold(customer_id: str, events: Iterable[dict]) -> dict:
+  """Folds a customer's events. In event-time order (ties by message id): the result is the same
+  in any order, but sorted input never needs the cart's compaction to be exact."""
+  state = new_state(customer_id)
+  for event in sorted(events, key=lambda e: (e['event_time'], e['message_id'])):
+    apply(state, event)
+  return state
+
+
+def newest(current: tuple | None, key: tuple[int, str], value: Any) -> tuple:
+  """The "newest wins" rule: `(event_time, message_id, value)` of the newer key. An equal key is
+  the same event (a later product line of one order, a redelivered copy): it replaces."""
+  return (*key, value) if current is None or key >= current[:2] else current
+
+
+def _view(views: dict, product_id: str, at: int) -> None:
+  # Keeping the newest N by (time, product_id) is order-insensitive: an evicted product only
+  # comes back with a view newer than the Nth newest kept, which is then its newest view.
+  views[product_id] = max(at, views.get(product_id, at))
+  if len(views) > MAX_RECENTLY_VIEWED:
+    oldest = min(views, key=lambda pid: (views[pid], pid))
+    del views[oldest]
+
+
+def _apply_identify(state: dict, event: dict, key: tuple[int, str]) -> None:
+  traits = event.get('traits') if isinstance(event.get('traits'), dict) else {}
+  first_name = traits.get('first_name') or traits.get('firstName')
+  if isinstance(first_name, str) and first_name.strip():
+    state['first_name'] = newest(state['first_name'], key, first_name.strip())
+  if isinstance(traits.get('unsubscribed'), bool):
+    state['unsubscribed'] = newest(state['unsubscribed'], key, traits['unsubscribed'])
+
+
+def _apply_order(state: dict, event: dict, properties: dict, key: tuple[int, str]) -> None:
+  products = []
+  lines_value = decimal.Decimal(0)
+  for line in properties.get('products') or []:
+    if not isinstance(line, dict) or line.get('product_id') is None:
+      continue
+    product_id = str(line['product_id'])
+    price = amount(line.get('price'))
+    quantity = int(line.get('quantity') or 1)
+    if price is not None:
+      lines_value = MONEY.add(lines_value, MONEY.multiply(price, quantity))
+    _remember_product(state, product_id, line, price, key)
+    _score(state, product_id, ORDER_WEIGHT)
+    products.append(product_id)
+  value = amount(event.get('total'))
+  if value is None:
+    value = amount(event.get('revenue'))
+  if value is None:
+    value = lines_value
+  order_id = event.get('order_id') or event['message_id']
+  known = state['orders'].get(order_id)
+  if known is None or key >= (known['at'], known['message_id']):
+    state['orders'][order_id] = {'at': key[0], 'message_id': key[1], 'value': value,
+                                 'currency': event.get('currency'), 'products': products}
+  _empty_cart(state, key)
+
+
+def _empty_cart(state: dict, key: tuple[int, str]) -> None:
+  """An order at `key` empties what the cart held at that time: operations before it go, later
+  ones stay (a late old order never empties a cart built after it)."""
+  state['cart_updated_at'] = _max(state['cart_updated_at'], key[0])
+  if state['cart_reset'] is not None and key <= state['cart_reset']:
+    return  # an older order: the newer one already emptied everything before it
+  state['cart_reset'] = key
+  compacted = state['cart_compacted']
+  if compacted is not None and key < compacted:
+    # Past the bound: the compacted base mixes operations before and after this order, and only
+    # the operations kept one by one can still be placed around it (docs/DATA_CONTRACT.md).
+    ops = state['cart_ops']
+  else:
+    state['cart_base'], state['cart_compacted'] = {}, None
+    ops = state['cart_ops'] = [op for op in state['cart_ops'] if op[:2] > key]
+  state['cart'] = _replay(state['cart_base'], ops)
+
+
+def _cart_operation(state: dict, key: tuple[int, str], product_id: str, delta: int) -> None:
+  """Adds (delta > 0) or removes (delta < 0) `product_id` at `key`, in event-time order."""
+  state['cart_updated_at'] = _max(state['cart_updated_at'], key[0])
+  if state['cart_reset'] is not None and key < state['cart_reset']:
+    return  # before the newest order, which emptied the cart
+  compacted = state['cart_compacted']
+  if compacted is not None and key <= compacted:
+    # Older than the compacted operations: applied onto the base, out of order (the one case
+    # where arrival order shows: more than MAX_CART_OPS operations since the last order).
+    _change(state['cart_base'], product_id, delta)
+    state['cart'] = _replay(state['cart_base'], state['cart_ops'])
+    return
+  ops = state['cart_ops']
+  op = (key[0], key[1], product_id, delta)
+  at = bisect.bisect_left(ops, op)
+  if at < len(ops) and ops[at][:2] == key:
+    return  # the same event again
+  ops.insert(at, op)
+  if at == len(ops) - 1:
+    _change(state['cart'], product_id, delta)  # the newest operation: no replay needed
+  else:
+    state['cart'] = _replay(state['cart_base'], ops)
+  if len(ops) > MAX_CART_OPS:
+    cut = len(ops) - MAX_CART_OPS // 2
+    state['cart_base'] = _replay(state['cart_base'], ops[:cut])
+    state['cart_compacted'] = ops[cut - 1][:2]
+    del ops[:cut]
+
+
+def _replay(base: dict, ops: list) -> dict:
+  cart = dict(base)
+  for _, _, product_id, delta in ops:
+    _change(cart, product_id, delta)
+  return cart
+
+
+def _change(cart: dict, product_id: str, delta: int) -> None:
+  """An item at 0 or below disappears."""
+  left = cart.get(product_id, 0) + delta
+  if left > 0:
+    cart[product_id] = left
+  else:
+    cart.pop(product_id, None)
+
+
+def _remember_product(state: dict, product_id: str, fields: Mapping[str, Any],
+                      price: decimal.Decimal | None, key: tuple[int, str]) -> None:
+  known = state['products'].setdefault(product_id, {})
+  for name in PRODUCT_FIELDS:
+    if isinstance(fields.get(name), str) and fields[name]:
+      known[name] = newest(known.get(name), key, fields[name])
+  if price is not None:
+    known['price'] = newest(known.get('price'), key, price)
+
+
+def _score(state: dict, product_id: str, weight: int) -> None:
+  state['scores'][product_id] = state['scores'].get(product_id, 0) + weight
+
+
+def _max(current: int | None, at: int) -> int:
+  return at if current is None or at > current else current
+
+
+def amount(value: Any) -> decimal.Decimal | None:
+  """A price or order amount the profile can use: a number >= 0, else None (unknown).
+
+  Events may carry negative money (the contract allows +-10^15: refunds, discounts, client bugs),
+  but a negative price is not what a product costs, and summing one would show a negative cart
+  value or lifetime value. The fold ignores it, as if absent (an order then falls back to its
+  revenue, then to the sum of its products).
+  """
+  value = to_decimal(value)
+  return value if value is not None and value >= 0 else None
+
+
+def to_decimal(value: Any) -> decimal.Decimal | None:
+  if isinstance(value, decimal.Decimal):
+    return value
+  if isinstance(value, (int, float)) and not isinstance(value, bool):
+    return decimal.Decimal(str(value))
+  return None
+
+
+# The parts of an event record that `apply` (hence `fold`) and `interacted_products` read.
+_FOLD_FIELDS = ('message_id', 'event_time', 'type', 'event', 'email_sha256', 'product_id', 'price',
+                'quantity', 'currency', 'order_id', 'total', 'revenue')
+_FOLD_TRAITS = ('first_name', 'firstName', 'unsubscribed')
+_FOLD_PROPERTIES = ('name', 'category', 'url', 'image_url')
+_FOLD_LINE_FIELDS = ('product_id', 'price', 'quantity', 'name', 'category', 'url', 'image_url')
+
+
+def fold_input(event: dict) -> dict:
+  """An event record cut down to what `fold` and `interacted_products` read: folding the cut-down
+  records gives the same state as folding the records (tests/unit/test_fold_input.py checks it
+  on the sample data, the bad-input corpus and generated events). What the batch graph carries
+  through its group by customer. Change it with `apply`.
+  """
+  slim = {name: event.get(name) for name in _FOLD_FIELDS}
+  traits = event.get('traits')
+  if isinstance(traits, dict):
+    slim['traits'] = {name: traits[name] for name in _FOLD_TRAITS if name in traits}
+  properties = event.get('properties')
+  if isinstance(properties, dict):
+    kept = {name: properties[name] for name in _FOLD_PROPERTIES if name in properties}
+    if 'products' in properties:
+      products = properties['products']
+      kept['products'] = ([{name: line[name] for name in _FOLD_LINE_FIELDS if name in line}
+                           if isinstance(line, dict) else line for line in products]
+                          if isinstance(products, list) else products)
+    slim['properties'] = kept
+  return slim
