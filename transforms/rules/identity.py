@@ -2,7 +2,9 @@
 
 An event carrying both a userId and an anonymousId links them. Events that carry only an
 anonymousId belong to the linked userId. When one anonymousId is linked to several userIds (a
-shared device), the earliest link wins, so the result does not depend on input order.
+shared device), the earliest link by event time wins (`wins`), so the result does not depend on
+input order. Batch applies the rule over the whole input; streaming applies it to the links seen
+so far (docs/DATA_CONTRACT.md, "Streaming", says when the two differ).
 """
 from __future__ import annotations
 
@@ -14,9 +16,21 @@ def link(event: dict) -> tuple[str, tuple[int, str]] | None:
   return None
 
 
+def wins(candidate: tuple[int, str], current: tuple[int, str] | None) -> bool:
+  """The stitching rule: does link `candidate` (event_time, user_id) replace `current`? The
+  earliest link by event time wins, ties by user id."""
+  return current is None or candidate < current
+
+
 def earliest(links) -> tuple[int, str]:
-  """The winning link among (event_time, user_id) candidates: the earliest, ties by user id."""
-  return min(links)
+  """The winning link among (event_time, user_id) candidates (`wins` applied to all of them)."""
+  winner = None
+  for candidate in links:
+    if wins(candidate, winner):
+      winner = candidate
+  if winner is None:
+    raise ValueError('earliest() needs at least one link')
+  return winner
 
 
 def customer_of(event: dict, links: dict[str, str]) -> str | None:
