@@ -78,7 +78,7 @@ class _RouteFn(beam.DoFn):
     if found is not None:
       anonymous_id, candidate = found
       known = self._links.get(anonymous_id)
-      if known is None or candidate < known:
+      if identity.wins(candidate, known):
         self._links[anonymous_id] = candidate
         if len(self._links) >= self.MAX_LINKS:
           for chunk in self._flush_links():

@@ -16,7 +16,7 @@ from apache_beam.transforms.userstate import (BagStateSpec, ReadModifyWriteState
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import metrics, reference_data
-from transforms.rules import profile, serving
+from transforms.rules import identity, profile, serving
 
 DEFAULT_IDENTITY_BUFFER_HOURS = 24
 DEFAULT_FLUSH_SECONDS = 0.5
@@ -34,11 +34,15 @@ def _by_anonymous_id(event):
 
 
 class _StitchLiveFn(beam.DoFn):
-  """Keyed by anonymousId. The first event carrying this anonymousId and a userId links them:
-  the anonymous events held so far are replayed to that customer, and later anonymous events go
-  straight to them. Anonymous events with no link yet are held for `buffer_hours` after the first
-  of them, then dropped from the profile path (they are in the warehouse already) and counted."""
-  LINK = ReadModifyWriteStateSpec('link', coders.StrUtf8Coder())
+  """Keyed by anonymousId. An event carrying this anonymousId and a userId links them; of all the
+  links seen, the earliest by event time wins (`identity.wins`, the batch rule). When the first
+  link arrives, the anonymous events held so far are replayed to that customer; later anonymous
+  events go to the link in force when they arrive (an earlier link arriving later takes over
+  from then on: events already attributed stay where they went). Anonymous events with no link
+  yet are held for `buffer_hours` after the first of them, then dropped from the profile path
+  (they are in the warehouse already) and counted."""
+  # (event_time, user_id) of the winning link. A new state id: the former 'link' held a user id.
+  LINK = ReadModifyWriteStateSpec('earliest_link', coders.PickleCoder())
   HELD = BagStateSpec('held', coders.PickleCoder())
   EXPIRY = TimerSpec('expiry', TimeDomain.REAL_TIME)
 
@@ -46,6 +50,7 @@ class _StitchLiveFn(beam.DoFn):
     self._buffer = Duration(seconds=buffer_hours * 3600)
     self._stitched = metrics.counter(metrics.EVENTS_STITCHED)
     self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
+    self._relinked = metrics.counter(metrics.ANONYMOUS_IDS_RELINKED)
 
   def process(self, element, link=beam.DoFn.StateParam(LINK), held=beam.DoFn.StateParam(HELD),
               expiry=beam.DoFn.TimerParam(EXPIRY)):
@@ -53,17 +58,21 @@ class _StitchLiveFn(beam.DoFn):
     user = event.get('user_id')
     linked = link.read()
     if user:
-      if linked is None:
-        link.write(user)
-        waiting = list(held.read())
-        held.clear()
-        self._stitched.inc(len(waiting))
-        for earlier in waiting:
-          yield user, earlier
+      candidate = (event['event_time'], user)
+      if identity.wins(candidate, linked):
+        link.write(candidate)
+        if linked is None:
+          waiting = list(held.read())
+          held.clear()
+          self._stitched.inc(len(waiting))
+          for earlier in waiting:
+            yield user, earlier
+        else:
+          self._relinked.inc()
       yield user, event
     elif linked is not None:
       self._stitched.inc()
-      yield linked, event
+      yield linked[1], event
     else:
       if not list(held.read()):
         expiry.set(Timestamp.now() + self._buffer)
@@ -120,7 +129,6 @@ class _FoldLiveFn(beam.DoFn):
     self._customers = customers
     self._catalog = catalog
     self._refresh_minutes = refresh_minutes
-    self._abandon_micros = int(settings.cart_abandon_minutes * 60 * _MICROS)
     self._suppressed = metrics.counter(metrics.DOCUMENTS_SUPPRESSED)
 
   def process(self, element, stored=beam.DoFn.StateParam(PROFILE),
@@ -128,15 +136,17 @@ class _FoldLiveFn(beam.DoFn):
               abandon=beam.DoFn.TimerParam(ABANDON)):
     customer_id, event = element
     state = stored.read() or profile.new_state(customer_id)
-    cart_before = state['cart_updated_at']
+    due_before = profile.cart_abandoned_from(state, self._settings)
     profile.apply(state, event)
     stored.write(state)
     if not pending.read():
       pending.write(True)
       flush.set(Timestamp.now() + self._flush)
-    if state['cart'] and state['cart_updated_at'] != cart_before:
-      wait = max(0, state['cart_updated_at'] + self._abandon_micros - _now_micros()) + 1
-      abandon.set(Timestamp.now() + Duration(micros=wait))
+    # The rule the render applies: re-render when this cart becomes abandoned (at once if it
+    # already is: a late event about an old cart).
+    due = profile.cart_abandoned_from(state, self._settings)
+    if due is not None and due != due_before:
+      abandon.set(Timestamp(micros=max(due, _now_micros() + 1)))
 
   # The reference time of a render is the timer's own time: the processing time it fired for.
   @on_timer(FLUSH)

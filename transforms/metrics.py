@@ -36,6 +36,8 @@ DOCUMENTS_STALE_SKIPPED = 'documents_stale_skipped'
 DOCUMENTS_SUPPRESSED = 'documents_suppressed'
 EVENTS_STITCHED = 'events_stitched'
 EVENTS_ANONYMOUS_UNLINKED = 'events_anonymous_unlinked'
+# Streaming: an anonymousId whose winning link changed (an earlier link arrived after a later one).
+ANONYMOUS_IDS_RELINKED = 'anonymous_ids_relinked'
 PRODUCTS_NOT_IN_CATALOG = 'events_product_not_in_catalog'
 TRIGGERS_PUBLISHED = 'cart_triggers_published'
 # Versions of a document replaced by a newer one in the same commit (streaming).
