@@ -135,7 +135,9 @@ class _FoldLiveFn(beam.DoFn):
               pending=beam.DoFn.StateParam(PENDING), flush=beam.DoFn.TimerParam(FLUSH),
               abandon=beam.DoFn.TimerParam(ABANDON)):
     customer_id, event = element
-    state = stored.read() or profile.new_state(customer_id)
+    stored_state = stored.read()
+    state = (profile.upgraded(stored_state) if stored_state is not None
+             else profile.new_state(customer_id))
     due_before = profile.cart_abandoned_from(state, self._settings)
     profile.apply(state, event)
     stored.write(state)
@@ -165,6 +167,7 @@ class _FoldLiveFn(beam.DoFn):
   def _emit(self, customer_id, state, triggered, now: int):
     if state is None:
       return
+    state = profile.upgraded(state)
     data = reference_data.current(self._customers, self._catalog, self._refresh_minutes,
                                   self._popularity)
     document = profile.render(state, now, data.customers.get(customer_id), data.catalog,

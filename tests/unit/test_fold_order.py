@@ -6,6 +6,7 @@ random arrival permutations: folding in arrival order gives the state, and so th
 folding sorted by event time gives. Then the contract's own examples, and the cart's bound.
 """
 import datetime as dt
+import decimal
 
 import orjson
 from hypothesis import HealthCheck, given, settings
@@ -71,8 +72,12 @@ def documents(state):
 
 
 def assert_order_insensitive(records, permutation):
-  by_customer = {}
+  # The pipeline's dedupe runs first: one event per message id (the strategies reuse ids).
+  unique = {}
   for record in records:
+    unique.setdefault(record['message_id'], record)
+  by_customer = {}
+  for record in unique.values():
     by_customer.setdefault(record['user_id'], []).append(record)
   for customer_id, mine in by_customer.items():
     arrived = [mine[i] for i in permutation(len(mine))]
@@ -243,3 +248,26 @@ def test_past_the_bound_an_operation_older_than_the_compacted_ones_is_applied_la
   late = arrival_fold('c1', adds + [early_remove])
   assert late['cart']['p1'] == len(adds) - 1            # applied late: one fewer
   assert profile.fold('c1', adds + [early_remove])['cart']['p1'] == len(adds)  # event time: none
+
+
+def test_a_state_stored_by_the_previous_fold_is_upgraded_and_folds_on():
+  # What the previous fold kept (a streaming job updated in place keeps its state).
+  old = {'customer_id': 'c1', 'last_event_at': 50, 'email_sha256': (10, 'h' * 64),
+         'first_name': (20, 'Ann'), 'unsubscribed': (20, False), 'views': {'p1': 30},
+         'products': {'p1': {'name': 'Old boot', 'price': decimal.Decimal(5)}},
+         'scores': {'p1': 4}, 'cart': {'p1': 2}, 'cart_updated_at': 40, 'cart_currency': 'EUR',
+         'orders': {'o1': {'at': 5, 'value': decimal.Decimal(9), 'currency': 'USD',
+                           'products': []}},
+         'cancelled': ['o9'], 'email_opened_at': None, 'email_clicked_at': None}
+  state = profile.upgraded(old)
+  document = profile.render(state, 60, None, {}, None)
+  assert document['first_name'] == 'Ann' and document['cart']['currency'] == 'EUR'
+  assert document['cart']['items'] == [
+      {'product_id': 'p1', 'name': 'Old boot', 'price': 5.0, 'quantity': 2}]
+  assert document['orders']['count'] == 1
+  # New events fold on top: an order older than the cart does not empty it, a newer one does.
+  record = call('Order Completed', MORNING, order_id='o2')
+  profile.apply(state, {**record, 'event_time': 3})
+  assert state['cart'] == {'p1': 2}
+  profile.apply(state, {**record, 'message_id': 'later', 'order_id': 'o3', 'event_time': 45})
+  assert state['cart'] == {} and profile.upgraded(state) is state

@@ -14,7 +14,8 @@ from transforms.rules.profile.fold import (ADD_WEIGHT, EMAIL_CLICKED, EMAIL_OPEN
                                            MAX_CART_OPS, MAX_RECENTLY_VIEWED, ORDER_CANCELLED,
                                            ORDER_COMPLETED, ORDER_WEIGHT, PRODUCT_ADDED,
                                            PRODUCT_REMOVED, PRODUCT_VIEWED, VIEW_WEIGHT, apply,
-                                           event_name, fold, fold_input, new_state)
+                                           event_name, fold, fold_input, new_state,
+                                           upgraded)
 from transforms.rules.profile.recommendations import (MAX_RECOMMENDATIONS, Recommender,
                                                       interacted_products)
 from transforms.rules.profile.render import (MAX_TOP_CATEGORIES, SCHEMA_VERSION, Settings,
@@ -27,4 +28,4 @@ __all__ = [
     'ORDER_WEIGHT', 'PRODUCT_ADDED', 'PRODUCT_REMOVED', 'PRODUCT_VIEWED', 'SCHEMA_VERSION',
     'VIEW_WEIGHT', 'Recommender', 'Settings', 'apply', 'cart_abandoned_from', 'event_name',
     'fold', 'fold_input', 'interacted_products', 'money', 'new_state', 'product_fields',
-    'render', 'segment', 'suppressed', 'top_categories']
+    'render', 'segment', 'suppressed', 'top_categories', 'upgraded']

@@ -67,6 +67,31 @@ def new_state(customer_id: str) -> dict:
   }
 
 
+def upgraded(state: dict) -> dict:
+  """A state stored by an earlier version of the fold (streaming state kept across an in-place
+  update), in today's shape. Its values keep no message id (an empty one sorts first) and its
+  product fields no time, so any new event replaces them; its cart becomes the compacted base."""
+  if 'cart_ops' in state:
+    return state
+  for name in ('email_sha256', 'first_name', 'unsubscribed'):
+    if state.get(name) is not None:
+      state[name] = (state[name][0], '', state[name][1])
+  state['products'] = {pid: {name: (-1, '', value) for name, value in fields.items()}
+                       for pid, fields in state['products'].items()}
+  updated = state['cart_updated_at']
+  currency = state.pop('cart_currency', None)
+  state['cart_currency'] = None if currency is None else (updated or 0, '', currency)
+  state['cart_base'] = dict(state['cart'])
+  state['cart_compacted'] = (updated, '') if state['cart'] and updated is not None else None
+  state['cart_ops'] = []
+  for order in state['orders'].values():
+    order.setdefault('message_id', '')
+  newest_order = max((order['at'] for order in state['orders'].values()), default=None)
+  state['cart_reset'] = None if newest_order is None else (newest_order, '')
+  state['cancelled'] = set(state['cancelled'])
+  return state
+
+
 def apply(state: dict, event: dict) -> dict:
   """Folds one event into the profile state (updated in place and returned: the fold owns it)."""
   at = event['event_time']
