@@ -13,9 +13,10 @@ and one entry per distinct product and order the customer touched. Times are epo
 """
 from __future__ import annotations
 
-import bisect
 import decimal
 from typing import Any, Iterable, Mapping
+
+from transforms.rules.profile.cart import cart_operation, empty_cart
 
 PRODUCT_VIEWED = 'Product Viewed'
 PRODUCT_ADDED = 'Product Added'
@@ -28,8 +29,6 @@ EMAIL_CLICKED = 'Email Link Clicked'
 # Interaction weights for top_categories.
 VIEW_WEIGHT, ADD_WEIGHT, ORDER_WEIGHT = 1, 3, 5
 MAX_RECENTLY_VIEWED = 10
-# Cart operations kept since the newest order; past it the older half is compacted into a base.
-MAX_CART_OPS = 100
 PRODUCT_FIELDS = ('name', 'category', 'url', 'image_url')
 # Money arithmetic. Decimal's default 28 digits cannot round a cart line at the contract's maximum
 # price (10^15) and a large quantity to cents (quantize raises InvalidOperation) and would round
@@ -115,7 +114,7 @@ def apply(state: dict, event: dict) -> dict:
     quantity = event.get('quantity') or 1
     if name == PRODUCT_ADDED:
       _score(state, product_id, ADD_WEIGHT)
-    _cart_operation(state, key, product_id, quantity if name == PRODUCT_ADDED else -quantity)
+    cart_operation(state, key, product_id, quantity if name == PRODUCT_ADDED else -quantity)
     if event.get('currency'):
       state['cart_currency'] = newest(state['cart_currency'], key, event['currency'])
   elif name == ORDER_COMPLETED:
@@ -186,70 +185,7 @@ def _apply_order(state: dict, event: dict, properties: dict, key: tuple[int, str
   if known is None or key >= (known['at'], known['message_id']):
     state['orders'][order_id] = {'at': key[0], 'message_id': key[1], 'value': value,
                                  'currency': event.get('currency'), 'products': products}
-  _empty_cart(state, key)
-
-
-def _empty_cart(state: dict, key: tuple[int, str]) -> None:
-  """An order at `key` empties what the cart held at that time: operations before it go, later
-  ones stay (a late old order never empties a cart built after it)."""
-  state['cart_updated_at'] = _max(state['cart_updated_at'], key[0])
-  if state['cart_reset'] is not None and key <= state['cart_reset']:
-    return  # an older order: the newer one already emptied everything before it
-  state['cart_reset'] = key
-  compacted = state['cart_compacted']
-  if compacted is not None and key < compacted:
-    # Past the bound: the compacted base mixes operations before and after this order, and only
-    # the operations kept one by one can still be placed around it (docs/DATA_CONTRACT.md).
-    ops = state['cart_ops']
-  else:
-    state['cart_base'], state['cart_compacted'] = {}, None
-    ops = state['cart_ops'] = [op for op in state['cart_ops'] if op[:2] > key]
-  state['cart'] = _replay(state['cart_base'], ops)
-
-
-def _cart_operation(state: dict, key: tuple[int, str], product_id: str, delta: int) -> None:
-  """Adds (delta > 0) or removes (delta < 0) `product_id` at `key`, in event-time order."""
-  state['cart_updated_at'] = _max(state['cart_updated_at'], key[0])
-  if state['cart_reset'] is not None and key < state['cart_reset']:
-    return  # before the newest order, which emptied the cart
-  compacted = state['cart_compacted']
-  if compacted is not None and key <= compacted:
-    # Older than the compacted operations: applied onto the base, out of order (the one case
-    # where arrival order shows: more than MAX_CART_OPS operations since the last order).
-    _change(state['cart_base'], product_id, delta)
-    state['cart'] = _replay(state['cart_base'], state['cart_ops'])
-    return
-  ops = state['cart_ops']
-  op = (key[0], key[1], product_id, delta)
-  at = bisect.bisect_left(ops, op)
-  if at < len(ops) and ops[at][:2] == key:
-    return  # the same event again
-  ops.insert(at, op)
-  if at == len(ops) - 1:
-    _change(state['cart'], product_id, delta)  # the newest operation: no replay needed
-  else:
-    state['cart'] = _replay(state['cart_base'], ops)
-  if len(ops) > MAX_CART_OPS:
-    cut = len(ops) - MAX_CART_OPS // 2
-    state['cart_base'] = _replay(state['cart_base'], ops[:cut])
-    state['cart_compacted'] = ops[cut - 1][:2]
-    del ops[:cut]
-
-
-def _replay(base: dict, ops: list) -> dict:
-  cart = dict(base)
-  for _, _, product_id, delta in ops:
-    _change(cart, product_id, delta)
-  return cart
-
-
-def _change(cart: dict, product_id: str, delta: int) -> None:
-  """An item at 0 or below disappears."""
-  left = cart.get(product_id, 0) + delta
-  if left > 0:
-    cart[product_id] = left
-  else:
-    cart.pop(product_id, None)
+  empty_cart(state, key)
 
 
 def _remember_product(state: dict, product_id: str, fields: Mapping[str, Any],
