@@ -24,6 +24,7 @@ from apache_beam.transforms.window import TimestampedValue
 import schemas
 from tests.unit.beam_helpers import batch_pipeline
 from transforms.features import BuildProfiles
+from transforms.live_profiles import StitchLive
 from transforms.rules import events, reference
 from transforms.sources import ReadReference
 
@@ -190,3 +191,21 @@ def test_live_documents_equal_batch_documents_whatever_the_arrival_order(tmp_pat
     assert_that(out.triggers | 'Triggers' >> beam.Map(trigger_view),
                 equal_to(batch['triggers']), label='SameTriggers')
   assert batch['triggers'], 'the histories must abandon a cart'
+
+
+def test_the_documented_limit_an_earlier_link_arriving_late_takes_over_from_then_on():
+  # docs/DATA_CONTRACT.md, "Order of events": anonymous events attributed before an earlier link
+  # arrives stay with the first customer; later ones follow the earliest link, as batch does.
+  first_link = call(1, 'identify', 'c4', anon='a3')
+  attributed = call(2, 'Product Viewed', anon='a3', product_id='p2')
+  earlier_link = call(48, 'identify', 'c3', anon='a3')
+  after = call(47, 'Product Added', anon='a3', product_id='p2')
+  stream = TestStream()
+  for element in (first_link, attributed, earlier_link, after):
+    stream.add_elements([element])
+  with streaming_pipeline() as p:
+    pairs = (p | stream.advance_watermark_to_infinity() | StitchLive(identity_buffer_hours=24)
+             | beam.MapTuple(lambda customer, e: (customer, e['message_id'])))
+    assert_that(pairs, equal_to([
+        ('c4', first_link['message_id']), ('c4', attributed['message_id']),
+        ('c3', earlier_link['message_id']), ('c3', after['message_id'])]))
