@@ -2,8 +2,8 @@
 
 `build_outputs` assembles sources and transforms and returns the PCollections the sinks take;
 `build` adds the sinks. Tests hand `build_outputs` a TestPipeline and assert on what it returns;
-`run` hands `build` a real pipeline. The same graph serves batch (files) and streaming (Pub/Sub,
-plus optional files); only the dedupe and the profile fold switch strategy.
+`run` hands `build` a real pipeline. The graph forks once: batch (files) and streaming (Pub/Sub,
+plus optional files) each apply their own composites under the same step labels.
 """
 from __future__ import annotations
 
@@ -11,18 +11,20 @@ import logging
 import typing
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
+from apache_beam.options.pipeline_options import StandardOptions
 
 from pipeline.options import PersonalizationOptions
+from transforms.batch_profiles import BatchProfiles
 from transforms.clean import ParseEvents
-from transforms.dedupe import DedupeEvents, Warehouse
-from transforms.features import BuildProfiles
+from transforms.dedupe import DedupeBatch, DedupeStream
+from transforms.live_profiles import LiveProfiles
 from transforms.rules import reference, serving
 from transforms.sinks.bigquery import WriteTable
 from transforms.sinks.firestore import WriteDocuments
 from transforms.sinks.pubsub import PublishRecords
-from transforms.sources import ReadEventFiles, ReadPubSubEvents, ReadReference
-from transforms.windows import AssignEventTime, HourlyActivity
+from transforms.sources import (ReadEventFiles, ReadPubSubEvents, ReadReference,
+                                ReadWholeEventFiles)
+from transforms.windows import AssignEventTime, HourlyBatch, HourlyWindowed
 
 _log = logging.getLogger(__name__)
 
@@ -33,61 +35,52 @@ class Outputs(typing.NamedTuple):
   hourly: beam.PCollection        # hourly activity rows (schemas/customer_activity_hourly.avsc)
   documents: beam.PCollection     # (customer_id, serving document, or None: delete it)
   triggers: beam.PCollection      # cart-abandonment records (schemas/cart_triggers.avsc)
-  popularity: beam.PCollection    # streaming: (product_id, popularity document)
-  customers: beam.PCollection | None  # CRM records (transforms.rules.reference.parse_customer)
-  catalog: beam.PCollection | None    # product records (transforms.rules.reference.parse_product)
-
-
-def _read_events(p: beam.Pipeline, opts: PersonalizationOptions, streaming: bool):
-  patterns = opts.event_patterns()
-  sources = []
-  if streaming:
-    if not opts.subscription:
-      raise ValueError('--subscription is required with --streaming')
-    sources.append(p | 'ReadPubSub' >> ReadPubSubEvents(opts.subscription,
-                                                         opts.pubsub_id_attribute))
-  elif not patterns:
-    raise ValueError('--events is required: comma-separated patterns of event files')
-  if patterns:
-    sources.append(p | 'ReadEvents' >> ReadEventFiles(patterns, streaming))
-  if len(sources) == 1:
-    return sources[0]
-  return sources | 'MergeSources' >> beam.Flatten()
+  popularity: beam.PCollection | None  # streaming: (product_id, popularity document)
+  customers: beam.PCollection | None   # CRM records (transforms.rules.reference.parse_customer)
+  catalog: beam.PCollection | None     # product records (transforms.rules.reference.parse_product)
 
 
 def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
-  streaming = opts.view_as(StandardOptions).streaming
-  parsed = _read_events(p, opts, streaming) | 'ParseEvents' >> ParseEvents(opts.max_message_bytes)
-  warehouse = Warehouse(opts.view_as(GoogleCloudOptions).project, opts.dataset,
-                        opts.restart_dedupe_hours) if streaming else None
-  events = parsed.events | 'DedupeEvents' >> DedupeEvents(streaming, opts.dedupe_hours, warehouse,
-                                                          opts.batch_shards)
-  # Element timestamps matter only to the streaming windows: the batch fast path of
-  # HourlyActivity groups on the `event_time` field (one step less over every event).
-  timed = events | 'AssignEventTime' >> AssignEventTime() if streaming else events
-  hourly = timed | 'HourlyActivity' >> HourlyActivity(opts.allowed_lateness_hours, streaming,
-                                                           opts.batch_shards)
-  dead = [parsed.dead_letter]
+  s = opts.graph_settings()
   customers = catalog = None
-  if opts.customers:
-    crm = p | 'ReadCustomers' >> ReadReference('customers', opts.customers,
+  dead = []
+  if s.reference.customers:
+    crm = p | 'ReadCustomers' >> ReadReference('customers', s.reference.customers,
                                                 reference.parse_customer)
-    customers = crm.records
-    dead.append(crm.dead_letter)
-  if opts.catalog:
-    products = p | 'ReadCatalog' >> ReadReference('catalog', opts.catalog,
+    customers, dead = crm.records, dead + [crm.dead_letter]
+  if s.reference.catalog:
+    products = p | 'ReadCatalog' >> ReadReference('catalog', s.reference.catalog,
                                                   reference.parse_product)
-    catalog = products.records
-    dead.append(products.dead_letter)
-  profiles = events | 'BuildProfiles' >> BuildProfiles(
-      streaming, opts.profile_settings(), customers, catalog, opts.as_of_micros(),
-      opts.identity_buffer_hours, opts.customers, opts.catalog, opts.side_input_refresh_minutes,
-      (opts.view_as(GoogleCloudOptions).project, opts.firestore_database,
-       opts.popularity_collection), opts.popularity_window_hours, opts.document_flush_seconds,
-      opts.batch_shards)
-  dead_letters = dead | 'FlattenDeadLetters' >> beam.Flatten()
+    catalog, dead = products.records, dead + [products.dead_letter]
+
+  if opts.view_as(StandardOptions).streaming:
+    cloud = opts.cloud_settings()
+    reads = [p | 'ReadPubSub' >> ReadPubSubEvents(s.sources.pubsub)]
+    if s.sources.files:
+      reads.append(p | 'ReadEvents' >> ReadWholeEventFiles(s.sources.files))
+    raw = reads[0] if len(reads) == 1 else reads | 'MergeSources' >> beam.Flatten()
+    parsed = raw | 'ParseEvents' >> ParseEvents(s.parse)
+    events = parsed.events | 'DedupeEvents' >> DedupeStream(s.dedupe, cloud.bigquery)
+    hourly = (events
+              | 'AssignEventTime' >> AssignEventTime()
+              | 'HourlyActivity' >> HourlyWindowed(s.hourly))
+    profiles = events | 'BuildProfiles' >> LiveProfiles(s.profile, s.live, s.reference,
+                                                         cloud.popularity)
+    popularity = profiles.popularity
+  else:
+    parsed = (p
+              | 'ReadEvents' >> ReadEventFiles(s.sources.files)
+              | 'ParseEvents' >> ParseEvents(s.parse))
+    events = parsed.events | 'DedupeEvents' >> DedupeBatch(s.sharding)
+    # The hour comes from `event_time`: batch needs no element timestamps.
+    hourly = events | 'HourlyActivity' >> HourlyBatch(s.sharding)
+    profiles = events | 'BuildProfiles' >> BatchProfiles(s.profile, s.sharding, s.as_of_micros,
+                                                         customers, catalog)
+    popularity = None  # popularity is counted inside BatchProfiles, over the whole input
+
+  dead_letters = [parsed.dead_letter, *dead] | 'FlattenDeadLetters' >> beam.Flatten()
   return Outputs(events, dead_letters, hourly, profiles.documents, profiles.triggers,
-                 profiles.popularity, customers, catalog)
+                 popularity, customers, catalog)
 
 
 class _ReportLostFn(beam.DoFn):
@@ -98,28 +91,27 @@ class _ReportLostFn(beam.DoFn):
 
 
 def build(p: beam.Pipeline, opts: PersonalizationOptions, project: str) -> Outputs:
-  """The graph with its sinks: BigQuery tables and the Firestore serving layer."""
+  """The graph with its sinks: BigQuery tables, the Firestore serving layer and, streaming, the
+  product popularity the job reads back."""
   out = build_outputs(p, opts)
-  method, temp = opts.bigquery_write_method, opts.view_as(GoogleCloudOptions).temp_location
-  rejected_events = out.events | 'WriteEvents' >> WriteTable(
-      'events', project, opts.dataset, method, temp)
-  rejected_hourly = out.hourly | 'WriteHourlyActivity' >> WriteTable(
-      'customer_activity_hourly', project, opts.dataset, method, temp)
-  documents = out.documents | 'WriteDocuments' >> WriteDocuments(
-      project, opts.collection, opts.firestore_database, opts.firestore_retry_seconds)
-  rejected_profiles = (documents.written
-                       | 'ProfileRows' >> beam.MapTuple(serving.profile_row)
-                       | 'WriteProfiles' >> WriteTable('customer_profiles', project, opts.dataset,
-                                                       method, temp))
-  popularity = out.popularity | 'WritePopularity' >> WriteDocuments(
-      project, opts.popularity_collection, opts.firestore_database, opts.firestore_retry_seconds)
-  rejected_triggers = out.triggers | 'WriteTriggers' >> WriteTable(
-      'cart_triggers', project, opts.dataset, method, temp)
-  if opts.triggers_topic:
-    _ = out.triggers | 'PublishTriggers' >> PublishRecords(opts.triggers_topic, 'cart_triggers')
-  lost = ((out.dead_letters, rejected_events, rejected_hourly, documents.dead_letter,
-           popularity.dead_letter, rejected_profiles, rejected_triggers)
+  cloud = opts.cloud_settings(project)
+  warehouse, retry = cloud.bigquery, cloud.firestore_retry
+  rejected = [out.events | 'WriteEvents' >> WriteTable('events', warehouse),
+              out.hourly | 'WriteHourlyActivity' >> WriteTable('customer_activity_hourly',
+                                                               warehouse)]
+  documents = out.documents | 'WriteDocuments' >> WriteDocuments(cloud.documents, retry)
+  rejected.append(documents.dead_letter)
+  if out.popularity is not None:
+    popularity = out.popularity | 'WritePopularity' >> WriteDocuments(cloud.popularity, retry)
+    rejected.append(popularity.dead_letter)
+  rejected += [documents.written
+               | 'ProfileRows' >> beam.MapTuple(serving.profile_row)
+               | 'WriteProfiles' >> WriteTable('customer_profiles', warehouse),
+               out.triggers | 'WriteTriggers' >> WriteTable('cart_triggers', warehouse)]
+  if cloud.triggers_topic is not None:
+    _ = out.triggers | 'PublishTriggers' >> PublishRecords(cloud.triggers_topic, 'cart_triggers')
+  lost = ((out.dead_letters, *rejected)
           | 'AllDeadLetters' >> beam.Flatten()
-          | 'WriteDeadLetters' >> WriteTable('dead_letter', project, opts.dataset, method, temp))
+          | 'WriteDeadLetters' >> WriteTable('dead_letter', warehouse))
   _ = lost | 'ReportLostDeadLetters' >> beam.ParDo(_ReportLostFn())
   return out

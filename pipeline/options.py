@@ -1,20 +1,52 @@
-"""Every option the job takes beyond Beam's own (`--project`, `--runner`, `--temp_location`, ...).
+"""Every option the job takes beyond Beam's own (`--project`, `--runner`, `--temp_location`, ...),
+and the settings built from them.
 
 Names are a contract: the Makefile, the benchmarks and the flex template's metadata.json use them.
+The transforms take settings objects (transforms/settings.py), each checked once when it is built:
+`graph_settings()` builds those of the graph, `cloud_settings()` those of its sinks, and a bad
+value raises ValueError naming the option.
 """
-import decimal
+from __future__ import annotations
 
-from apache_beam.options.pipeline_options import PipelineOptions
+import decimal
+import typing
+
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                  StandardOptions)
 
 import schemas
-from transforms.dedupe import DEFAULT_DEDUPE_HOURS
-from transforms.live_profiles import (DEFAULT_IDENTITY_BUFFER_HOURS,
-                                      DEFAULT_POPULARITY_WINDOW_HOURS, DEFAULT_REFRESH_MINUTES)
 from transforms.rules import events, profile
-from transforms.shards import DEFAULT_SHARDS
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
-from transforms.sinks.bigquery import STREAMING_INSERTS, WRITE_METHODS
-from transforms.windows import DEFAULT_ALLOWED_LATENESS_HOURS
+from transforms.settings import (DEFAULT_ALLOWED_LATENESS_HOURS, DEFAULT_DEDUPE_HOURS,
+                                 DEFAULT_FIRESTORE_RETRY_SECONDS, DEFAULT_FLUSH_SECONDS,
+                                 DEFAULT_IDENTITY_BUFFER_HOURS, DEFAULT_POPULARITY_WINDOW_HOURS,
+                                 DEFAULT_REFRESH_MINUTES, DEFAULT_RESTART_DEDUPE_HOURS,
+                                 DEFAULT_SHARDS, STREAMING_INSERTS, WRITE_METHODS, BigQueryTarget,
+                                 DedupeSettings, EventSources, FirestoreLocation, FirestoreRetry,
+                                 HourlySettings, LiveSettings, ParseLimits, PubSubSource,
+                                 ReferenceFiles, Sharding, TriggersTopic)
+
+
+class GraphSettings(typing.NamedTuple):
+  """What `pipeline.graph.build_outputs` needs, every part checked."""
+  sources: EventSources
+  parse: ParseLimits
+  reference: ReferenceFiles
+  sharding: Sharding          # batch
+  dedupe: DedupeSettings      # streaming
+  hourly: HourlySettings      # streaming
+  live: LiveSettings          # streaming
+  profile: profile.Settings
+  as_of_micros: int | None    # batch
+
+
+class CloudSettings(typing.NamedTuple):
+  """Where the job writes (and a streaming job reads back), every part checked."""
+  bigquery: BigQueryTarget
+  documents: FirestoreLocation
+  popularity: FirestoreLocation
+  firestore_retry: FirestoreRetry
+  triggers_topic: TriggersTopic | None
 
 
 class PersonalizationOptions(PipelineOptions):
@@ -69,18 +101,18 @@ class PersonalizationOptions(PipelineOptions):
         help='A cart with items whose last change is older than this (at the reference time) is '
              'abandoned and triggers a cart_abandoned record.')
     parser.add_argument(
-        '--document_flush_seconds', type=float, default=0.5,
+        '--document_flush_seconds', type=float, default=DEFAULT_FLUSH_SECONDS,
         help='Streaming: a customer\'s document is written at most once per this many seconds '
              'of processing time (events in between are coalesced into one write). 0 writes '
              'after every event: lowest latency, most Firestore writes.')
     parser.add_argument(
-        '--restart_dedupe_hours', type=float, default=6,
+        '--restart_dedupe_hours', type=float, default=DEFAULT_RESTART_DEDUPE_HOURS,
         help='Streaming: at start-up, read the message ids the events table received in the '
              'last this many hours and drop those events if they come again (a job restarted '
              'over the same subscription, or the same events republished). 0 turns it off. '
              'Costs one query and memory for the ids per worker process.')
     parser.add_argument(
-        '--firestore_retry_seconds', type=float, default=120,
+        '--firestore_retry_seconds', type=float, default=DEFAULT_FIRESTORE_RETRY_SECONDS,
         help='How long transient Firestore errors (unreachable, overloaded, timed out) are '
              'retried, with exponential backoff, before the write fails the bundle (and a local '
              'run) with a clear error.')
@@ -136,6 +168,44 @@ class PersonalizationOptions(PipelineOptions):
 
   def event_patterns(self) -> list[str]:
     return [p.strip() for p in (self.events or '').split(',') if p.strip()]
+
+  def graph_settings(self) -> GraphSettings:
+    """The settings of the graph; ValueError naming the option when one is bad."""
+    return GraphSettings(
+        sources=self.event_sources(),
+        parse=ParseLimits(self.max_message_bytes),
+        reference=ReferenceFiles(self.customers or None, self.catalog or None),
+        sharding=Sharding(self.batch_shards),
+        dedupe=DedupeSettings(self.dedupe_hours, self.restart_dedupe_hours),
+        hourly=HourlySettings(self.allowed_lateness_hours),
+        live=LiveSettings(self.identity_buffer_hours, self.document_flush_seconds,
+                          self.side_input_refresh_minutes, self.popularity_window_hours),
+        profile=self.profile_settings(),
+        as_of_micros=self.as_of_micros())
+
+  def cloud_settings(self, project: str | None = None) -> CloudSettings:
+    """Where the job writes, in `project` (default: --project); ValueError when a setting is
+    bad."""
+    project = project or self.view_as(GoogleCloudOptions).project
+    return CloudSettings(
+        bigquery=BigQueryTarget(project, self.dataset, self.bigquery_write_method,
+                                self.view_as(GoogleCloudOptions).temp_location),
+        documents=FirestoreLocation(project, self.collection, self.firestore_database),
+        popularity=FirestoreLocation(project, self.popularity_collection,
+                                     self.firestore_database),
+        firestore_retry=FirestoreRetry(self.firestore_retry_seconds),
+        triggers_topic=TriggersTopic(self.triggers_topic) if self.triggers_topic else None)
+
+  def event_sources(self) -> EventSources:
+    """Files (--events) and, streaming, the subscription: batch needs files, streaming a
+    subscription."""
+    pubsub = None
+    if self.view_as(StandardOptions).streaming:
+      if not self.subscription:
+        raise ValueError('--subscription is required with --streaming '
+                         '(projects/PROJECT/subscriptions/NAME)')
+      pubsub = PubSubSource(self.subscription, self.pubsub_id_attribute or None)
+    return EventSources(tuple(self.event_patterns()), pubsub)
 
   def profile_settings(self) -> profile.Settings:
     return profile.Settings(cart_abandon_minutes=self.cart_abandon_minutes,

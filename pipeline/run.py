@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import sys
 
@@ -24,7 +23,6 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
 from pipeline import graph
 from pipeline.options import PersonalizationOptions
 from pipeline.summary import RunSummary
-from transforms.rules import resources
 from transforms.sinks import bigquery as bigquery_sink
 
 _log = logging.getLogger('pipeline.run')
@@ -37,16 +35,11 @@ class UsageError(Exception):
   """A problem with the job's options or inputs, reported as one line."""
 
 
-# Numeric options and the range each must be in (checked by resolve_options).
-_POSITIVE_OPTIONS = ('dedupe_hours', 'popularity_window_hours', 'side_input_refresh_minutes',
-                     'identity_buffer_hours', 'firestore_retry_seconds', 'cart_abandon_minutes',
-                     'max_message_bytes', 'batch_shards')
-_NON_NEGATIVE_OPTIONS = ('allowed_lateness_hours', 'document_flush_seconds',
-                         'restart_dedupe_hours')
-
-
 def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
-  """Parses options, fills local defaults and checks inputs. Returns (options, project)."""
+  """Parses options, fills local defaults and checks inputs. Returns (options, project).
+
+  Every setting is checked by building it (pipeline/options.py, transforms/settings.py), then
+  the input files are matched."""
   options = PipelineOptions(argv)
   standard = options.view_as(StandardOptions)
   if not standard.runner:
@@ -59,40 +52,17 @@ def resolve_options(argv: list[str] | None) -> tuple[PipelineOptions, str]:
   if not gcp.project:
     raise UsageError('--project is required (or set GOOGLE_CLOUD_PROJECT)')
   opts = options.view_as(PersonalizationOptions)
-  patterns = opts.event_patterns()
-  if standard.streaming:
-    if not opts.subscription:
-      raise UsageError('--subscription is required with --streaming '
-                       '(projects/PROJECT/subscriptions/NAME)')
-    problem = resources.pubsub_path_problem(opts.subscription, 'subscription')
-    if problem:
-      raise UsageError(f'--subscription {problem}')
-  elif not patterns:
-    raise UsageError('--events is required: comma-separated patterns of event files')
-  if not re.fullmatch(r'[A-Za-z0-9_]{1,1024}', opts.dataset or ''):
-    raise UsageError(f'--dataset {opts.dataset!r} is not a BigQuery dataset id (letters, digits '
-                     'and underscores; the project comes from --project)')
-  for name in _POSITIVE_OPTIONS:
-    if getattr(opts, name) <= 0:
-      raise UsageError(f'--{name} must be positive')
-  for name in _NON_NEGATIVE_OPTIONS:
-    if getattr(opts, name) < 0:
-      raise UsageError(f'--{name} must be zero or more')
-  for label, pattern_list in (('--events', patterns), ('--customers', [opts.customers]),
-                              ('--catalog', [opts.catalog])):
+  try:
+    settings = opts.graph_settings()
+    opts.cloud_settings(gcp.project)
+  except ValueError as err:
+    raise UsageError(str(err)) from err
+  for label, pattern_list in (('--events', settings.sources.files),
+                              ('--customers', [settings.reference.customers]),
+                              ('--catalog', [settings.reference.catalog])):
     for pattern in filter(None, pattern_list):
       if not FileSystems.match([pattern])[0].metadata_list:
         raise UsageError(f'{label}: no file matches {pattern!r}')
-  try:
-    opts.as_of_micros()
-  except ValueError as err:
-    raise UsageError(str(err)) from err
-  if opts.triggers_topic:
-    problem = resources.pubsub_path_problem(opts.triggers_topic, 'topic')
-    if problem:
-      raise UsageError(f'--triggers_topic {problem}')
-  if opts.bigquery_write_method == bigquery_sink.FILE_LOADS and not gcp.temp_location:
-    raise UsageError('--bigquery_write_method=FILE_LOADS needs --temp_location')
   return options, gcp.project
 
 

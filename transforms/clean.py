@@ -8,6 +8,7 @@ import apache_beam as beam
 from transforms import metrics
 from transforms.rules import dead_letters, events
 from transforms.rules.dead_letters import Rejection
+from transforms.settings import ParseLimits
 
 STEP = 'ParseEvents'
 
@@ -44,14 +45,13 @@ class ParseEvents(beam.PTransform):
   attributes the Pub/Sub message attributes (or None for files). Output: a tuple with
   `events` (event records shaped like `schemas/events.avsc`, JSON columns as Python objects, times
   as epoch microseconds) and `dead_letter` (records shaped like `schemas/dead_letter.avsc`).
-  Every input element lands in exactly one of the two.
+  Every input element lands in exactly one of the two; payloads over `limits.max_message_bytes`
+  are dead letters (size_violation).
   """
 
-  def __init__(self, max_message_bytes: int = events.DEFAULT_MAX_MESSAGE_BYTES):
+  def __init__(self, limits: ParseLimits = ParseLimits()):
     super().__init__()
-    if max_message_bytes <= 0:
-      raise ValueError(f'max_message_bytes must be positive, got {max_message_bytes}')
-    self._max_bytes = max_message_bytes
+    self._max_bytes = limits.max_message_bytes
 
   def expand(self, pcoll):
     return pcoll | 'Parse' >> beam.ParDo(_ParseEventFn(self._max_bytes)).with_outputs(

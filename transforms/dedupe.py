@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import typing
 
 import apache_beam as beam
-import orjson
 from apache_beam import coders
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -14,20 +12,11 @@ from apache_beam.utils import shared
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 import schemas
-from transforms import metrics
-from transforms.shards import CHUNK_BYTES, DEFAULT_SHARDS, ChunkByShard, records
-
-DEFAULT_DEDUPE_HOURS = 24
-DEFAULT_RESTART_DEDUPE_HOURS = 6
+from transforms import line_formats, metrics
+from transforms.settings import BigQueryTarget, DedupeSettings, Sharding
+from transforms.shards import ChunkByShard, records
 
 _log = logging.getLogger(__name__)
-
-
-class Warehouse(typing.NamedTuple):
-  """Where earlier runs wrote their events, and how far back a new job looks for them."""
-  project: str
-  dataset: str
-  lookback_hours: float
 
 
 class _Ids:
@@ -37,24 +26,25 @@ class _Ids:
     self.ids = ids
 
 
-def written_message_ids(warehouse: Warehouse, now: dt.datetime | None = None) -> frozenset:
-  """Message ids the `events` table received in the last `lookback_hours` (by `ingested_at`;
-  `event_time` is bounded too, one look-back earlier, so BigQuery prunes partitions). Empty when
-  the table does not exist yet. Any other failure raises: without this set a restarted job could
-  write events a second time."""
+def written_message_ids(warehouse: BigQueryTarget, lookback_hours: float,
+                        now: dt.datetime | None = None) -> frozenset:
+  """Message ids the `events` table of `warehouse` received in the last `lookback_hours` (by
+  `ingested_at`; `event_time` is bounded too, one look-back earlier, so BigQuery prunes
+  partitions). Empty when the table does not exist yet. Any other failure raises: without this
+  set a restarted job could write events a second time."""
   from google.api_core.exceptions import NotFound
   from google.cloud import bigquery
 
   from transforms.sinks import bigquery_client
   now = now or dt.datetime.now(dt.timezone.utc)
-  since = now - dt.timedelta(hours=warehouse.lookback_hours)
+  since = now - dt.timedelta(hours=lookback_hours)
   client = bigquery_client.cloud_client(warehouse.project)
   query = (f'SELECT DISTINCT message_id FROM `{warehouse.project}.{warehouse.dataset}.events` '
            'WHERE ingested_at >= @since AND event_time >= @since_event')
   config = bigquery.QueryJobConfig(query_parameters=[
       bigquery.ScalarQueryParameter('since', 'TIMESTAMP', since),
       bigquery.ScalarQueryParameter('since_event', 'TIMESTAMP',
-                                    since - dt.timedelta(hours=warehouse.lookback_hours))])
+                                    since - dt.timedelta(hours=lookback_hours))])
   try:
     rows = client.query(query, job_config=config).result()
     return frozenset(row['message_id'] for row in rows)
@@ -79,12 +69,12 @@ def _key_by_message_id(event):
   return event['message_id'], event
 
 
-def _keyed_line(event):
-  """event -> (message id, line): the message id and preference key as a JSON list (JSON escapes
-  tabs and newlines), a tab, the encoded event. The header lets the dedupe choose without
-  decoding every copy."""
-  header = orjson.dumps([event['message_id'], *preference_key(event)])
-  return event['message_id'], header + b'\t' + schemas.encode_record('events', event)
+def _copy_line(event):
+  """event -> (message id, copy line): the header lets the dedupe choose without decoding every
+  copy (transforms/line_formats.py)."""
+  message_id = event['message_id']
+  return message_id, line_formats.encode_copy(message_id, preference_key(event),
+                                              schemas.encode_record('events', event))
 
 
 class _KeepFirstFn(beam.DoFn):
@@ -93,9 +83,8 @@ class _KeepFirstFn(beam.DoFn):
   counts survivors and the other copies.
 
   Chooses from the lines' headers, holding the shard's encoded lines (bytes), then decodes each
-  survivor just before emitting it. Holding the decoded events of a shard instead (about 40
-  Python objects each) made the garbage collector rescan them over and over: 15 s of a 118 s run
-  of 1,000,000 events (measured with the collector off, docs/PERFORMANCE.md).
+  survivor just before emitting it: holding a shard's decoded events instead makes the garbage
+  collector rescan them over and over (docs/PERFORMANCE.md, "Python's garbage collector").
   """
 
   def __init__(self):
@@ -107,9 +96,8 @@ class _KeepFirstFn(beam.DoFn):
     kept: dict[str, tuple] = {}
     copies = 0
     for line in records(chunks):
-      cut = line.index(b'\t')
-      message_id, *preference = orjson.loads(line[:cut])
-      candidate = (tuple(preference), line[cut + 1:])
+      message_id, preference, data = line_formats.decode_copy(line)
+      candidate = (preference, data)
       copies += 1
       previous = kept.get(message_id)
       if previous is None or candidate < previous:
@@ -122,7 +110,8 @@ class _KeepFirstFn(beam.DoFn):
 
 
 class _FirstSeenFn(beam.DoFn):
-  """Streaming dedupe: emits the first event of each message id, drops the rest for `ttl`.
+  """Streaming dedupe: emits the first event of each message id, drops the rest for
+  `settings.hours`.
 
   This is Beam's `DeduplicatePerKey(processing_time_duration=...)` pattern (a per-key flag and a
   processing-time timer that clears it), written out because the pipeline must count what it
@@ -132,8 +121,9 @@ class _FirstSeenFn(beam.DoFn):
   SEEN = ReadModifyWriteStateSpec('seen', coders.BooleanCoder())
   EXPIRY = TimerSpec('expiry', TimeDomain.REAL_TIME)
 
-  def __init__(self, ttl_seconds: float, warehouse: Warehouse | None = None):
-    self._ttl = Duration(seconds=ttl_seconds)
+  def __init__(self, settings: DedupeSettings, warehouse: BigQueryTarget | None = None):
+    self._ttl = Duration(seconds=settings.hours * 3600)
+    self._lookback_hours = settings.restart_hours
     self._warehouse = warehouse
     self._shared = shared.Shared()
     self._written = frozenset()
@@ -143,11 +133,11 @@ class _FirstSeenFn(beam.DoFn):
   def setup(self):
     # The state of a new job starts empty (a restart after a drain or a crash, a local run
     # started again): ids an earlier job already wrote are read once per worker process.
-    if self._warehouse is not None and self._warehouse.lookback_hours > 0:
+    if self._warehouse is not None and self._lookback_hours > 0:
       def load():
-        ids = written_message_ids(self._warehouse)
+        ids = written_message_ids(self._warehouse, self._lookback_hours)
         _log.info('dedupe: %d message ids written in the last %.1f h loaded from %s.%s.events',
-                  len(ids), self._warehouse.lookback_hours, self._warehouse.project,
+                  len(ids), self._lookback_hours, self._warehouse.project,
                   self._warehouse.dataset)
         return _Ids(ids)
       self._written = self._shared.acquire(load).ids
@@ -171,39 +161,48 @@ class _FirstSeenFn(beam.DoFn):
     seen.clear()
 
 
-class DedupeEvents(beam.PTransform):
-  """Keeps one event per `message_id`. Input and output: event records (global window).
+class DedupeBatch(beam.PTransform):
+  """Keeps one event per `message_id` of a bounded input. Input and output: event records
+  (global window).
 
-  Bounded input (`streaming=False`): exact and complete across the whole input, keeping the
-  earliest received copy. Events travel in compressed chunks per shard of message ids
-  (`transforms/shards.py`: `shards` shards, `chunk_bytes` per chunk), and one shard's events are
-  held in memory at a time. Unbounded input: the first copy to arrive wins and later copies are
-  dropped for `dedupe_hours` (processing time) after it; a copy arriving after that is kept again.
-  Both count survivors (`events_unique`) and drops (`events_duplicate`).
-
-  `warehouse` (streaming): a new job also drops events whose message id the `events` table
-  received in the last `lookback_hours`, read once per worker process at start-up, so a job
-  restarted over the same subscription (or fed the same events again) does not write them twice.
+  Exact and complete across the whole input, keeping the earliest received copy
+  (`preference_key`). Events travel in compressed chunks per shard of message ids
+  (transforms/shards.py, cut by `sharding`), and one shard's events are held in memory at a
+  time. Counts survivors (`events_unique`) and drops (`events_duplicate`).
   """
 
-  def __init__(self, streaming: bool = False, dedupe_hours: float = DEFAULT_DEDUPE_HOURS,
-               warehouse: Warehouse | None = None, shards: int = DEFAULT_SHARDS,
-               chunk_bytes: int = CHUNK_BYTES):
+  def __init__(self, sharding: Sharding = Sharding()):
     super().__init__()
-    self._warehouse = warehouse
-    if dedupe_hours <= 0:
-      raise ValueError(f'dedupe_hours must be positive, got {dedupe_hours}')
-    self._chunks = ChunkByShard(_keyed_line, shards, chunk_bytes)
-    self._streaming = streaming
-    self._ttl_seconds = dedupe_hours * 3600
+    self._sharding = sharding
 
   def expand(self, pcoll):
-    if self._streaming:
-      return (pcoll
-              | 'KeyByMessageId' >> beam.Map(_key_by_message_id).with_output_types(
-                  tuple[str, dict])
-              | 'FirstSeen' >> beam.ParDo(_FirstSeenFn(self._ttl_seconds, self._warehouse)))
     return (pcoll
-            | 'ChunkByShard' >> self._chunks
+            | 'ChunkByShard' >> ChunkByShard(_copy_line, self._sharding)
             | 'GroupCopies' >> beam.GroupByKey()
             | 'KeepFirst' >> beam.ParDo(_KeepFirstFn()))
+
+
+class DedupeStream(beam.PTransform):
+  """Keeps one event per `message_id` of an unbounded input. Input and output: event records.
+
+  The first copy to arrive wins and later copies are dropped for `settings.hours` (processing
+  time) after it; a copy arriving after that is kept again. Counts survivors (`events_unique`)
+  and drops (`events_duplicate`).
+
+  `warehouse`: a new job also drops events whose message id the `events` table of that dataset
+  received in the last `settings.restart_hours`, read once per worker process at start-up, so a
+  job restarted over the same subscription (or fed the same events again) does not write them
+  twice. None (or 0 hours) turns that off.
+  """
+
+  def __init__(self, settings: DedupeSettings = DedupeSettings(),
+               warehouse: BigQueryTarget | None = None):
+    super().__init__()
+    self._settings = settings
+    self._warehouse = warehouse
+
+  def expand(self, pcoll):
+    return (pcoll
+            | 'KeyByMessageId' >> beam.Map(_key_by_message_id).with_output_types(
+                tuple[str, dict])
+            | 'FirstSeen' >> beam.ParDo(_FirstSeenFn(self._settings, self._warehouse)))

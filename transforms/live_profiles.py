@@ -1,5 +1,6 @@
-"""The streaming half of the profile: identity stitching with a replay buffer, and the profile fold
-in per-customer state with coalesced writes and cart-abandonment timers.
+"""The streaming half of the profile: identity stitching with a replay buffer, the profile fold
+in per-customer state with coalesced writes and cart-abandonment timers, and product popularity
+over a sliding window.
 
 Same rules as batch (transforms.rules.identity, transforms.rules.profile); only the way events
 reach them differs: one at a time, in arrival order, with state in between.
@@ -7,6 +8,7 @@ reach them differs: one at a time, in arrival order, with state in between.
 from __future__ import annotations
 
 import time
+import typing
 
 import apache_beam as beam
 from apache_beam import coders
@@ -17,12 +19,11 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import metrics, reference_data
 from transforms.rules import identity, profile, serving
+from transforms.settings import FirestoreLocation, LiveSettings, ReferenceFiles
 
-DEFAULT_IDENTITY_BUFFER_HOURS = 24
-DEFAULT_FLUSH_SECONDS = 0.5
-DEFAULT_REFRESH_MINUTES = 60
-DEFAULT_POPULARITY_WINDOW_HOURS = 24
 _MICROS = 1_000_000
+# Product popularity is emitted at most once per this many seconds per product.
+POPULARITY_FLUSH_SECONDS = 1.0
 
 
 def _now_micros() -> int:
@@ -88,13 +89,11 @@ class _StitchLiveFn(beam.DoFn):
 class StitchLive(beam.PTransform):
   """Input: event records (global window). Output: `(customer_id, event)` pairs: events with a
   userId at once; anonymous events once their anonymousId is linked (held up to
-  `identity_buffer_hours` before that, then replayed in arrival order)."""
+  `live.identity_buffer_hours` before that, then replayed in arrival order)."""
 
-  def __init__(self, identity_buffer_hours: float = DEFAULT_IDENTITY_BUFFER_HOURS):
+  def __init__(self, live: LiveSettings = LiveSettings()):
     super().__init__()
-    if identity_buffer_hours <= 0:
-      raise ValueError(f'identity_buffer_hours must be positive, got {identity_buffer_hours}')
-    self._hours = identity_buffer_hours
+    self._hours = live.identity_buffer_hours
 
   def expand(self, events):
     split = events | 'SplitByAnonymousId' >> beam.Partition(
@@ -119,16 +118,14 @@ class _FoldLiveFn(beam.DoFn):
   FLUSH = TimerSpec('flush', TimeDomain.REAL_TIME)
   ABANDON = TimerSpec('abandon', TimeDomain.REAL_TIME)
 
-  def __init__(self, settings: profile.Settings, flush_seconds: float,
-               customers: str | None = None, catalog: str | None = None,
-               refresh_minutes: float = DEFAULT_REFRESH_MINUTES,
-               popularity: tuple[str, str, str] | None = None):
+  def __init__(self, settings: profile.Settings, live: LiveSettings, reference: ReferenceFiles,
+               popularity: FirestoreLocation | None = None):
     self._popularity = popularity
     self._settings = settings
-    self._flush = Duration(seconds=flush_seconds)
-    self._customers = customers
-    self._catalog = catalog
-    self._refresh_minutes = refresh_minutes
+    self._flush = Duration(seconds=live.flush_seconds)
+    self._customers = reference.customers
+    self._catalog = reference.catalog
+    self._refresh_minutes = live.refresh_minutes
     self._suppressed = metrics.counter(metrics.DOCUMENTS_SUPPRESSED)
 
   def process(self, element, stored=beam.DoFn.StateParam(PROFILE),
@@ -184,35 +181,22 @@ class _FoldLiveFn(beam.DoFn):
 
 class FoldLive(beam.PTransform):
   """Input: `(customer_id, event)` pairs. Output: a tuple with `documents` (`(customer_id,
-  document or None)`, at most one per customer per `flush_seconds` burst, plus one when the cart
-  becomes abandoned) and `triggers` (one per abandoned cart). `customers` and `catalog` are the
-  file patterns of the CRM export and catalog, `popularity` the (project, database, collection)
-  of the product popularity documents (transforms/reference_data.py: all re-read every
-  `refresh_minutes`)."""
+  document or None)`, at most one per customer per `live.flush_seconds` burst, plus one when the
+  cart becomes abandoned) and `triggers` (one per abandoned cart). The CRM export and catalog
+  come from the `reference` files and product popularity from the `popularity` collection
+  (None: no popularity), all re-read every `live.refresh_minutes` (transforms/reference_data.py).
+  """
 
   def __init__(self, settings: profile.Settings = profile.Settings(),
-               flush_seconds: float = DEFAULT_FLUSH_SECONDS, customers: str | None = None,
-               catalog: str | None = None, refresh_minutes: float = DEFAULT_REFRESH_MINUTES,
-               popularity: tuple[str, str, str] | None = None):
+               live: LiveSettings = LiveSettings(), reference: ReferenceFiles = ReferenceFiles(),
+               popularity: FirestoreLocation | None = None):
     super().__init__()
-    self._popularity = popularity
-    if flush_seconds < 0:
-      raise ValueError(f'flush_seconds must be >= 0, got {flush_seconds}')
-    if refresh_minutes <= 0:
-      raise ValueError(f'refresh_minutes must be positive, got {refresh_minutes}')
-    self._settings = settings
-    self._flush_seconds = flush_seconds
-    self._customers = customers
-    self._catalog = catalog
-    self._refresh_minutes = refresh_minutes
+    self._fn = _FoldLiveFn(settings, live, reference, popularity)
 
   def expand(self, keyed):
     return (keyed
             | 'TypedKeys' >> beam.Map(lambda kv: kv).with_output_types(tuple[str, dict])
-            | 'FoldInState' >> beam.ParDo(_FoldLiveFn(
-                self._settings, self._flush_seconds, self._customers, self._catalog,
-                self._refresh_minutes, self._popularity))
-            .with_outputs('triggers', main='documents'))
+            | 'FoldInState' >> beam.ParDo(self._fn).with_outputs('triggers', main='documents'))
 
 
 def _interactions(element):
@@ -260,23 +244,54 @@ def popularity_document(product_id: str, customers: int) -> tuple[str, dict]:
 
 
 class LivePopularity(beam.PTransform):
-  """Product popularity over a sliding window of `window_hours`: distinct customers who viewed,
-  added or bought each product. Input: `(customer_id, event)` pairs. Output: `(product_id,
-  document)` pairs for the popularity collection (`{product_id, customers}`), which the streaming
-  fold reads back with the CRM and catalog (transforms/reference_data.py)."""
+  """Product popularity over a sliding window of `live.popularity_window_hours`: distinct
+  customers who viewed, added or bought each product. Input: `(customer_id, event)` pairs.
+  Output: `(product_id, document)` pairs for the popularity collection (`{product_id,
+  customers}`), which the streaming fold reads back with the CRM and catalog
+  (transforms/reference_data.py)."""
 
-  def __init__(self, window_hours: float = DEFAULT_POPULARITY_WINDOW_HOURS,
-               flush_seconds: float = 1.0):
+  def __init__(self, live: LiveSettings = LiveSettings()):
     super().__init__()
-    if window_hours <= 0:
-      raise ValueError(f'window_hours must be positive, got {window_hours}')
-    self._window_hours = window_hours
-    self._flush_seconds = flush_seconds
+    self._window_hours = live.popularity_window_hours
 
   def expand(self, keyed):
     return (keyed
             | 'Interactions' >> beam.FlatMap(_interactions).with_output_types(
                 tuple[str, tuple[str, int]])
             | 'CountCustomers' >> beam.ParDo(_PopularityFn(self._window_hours,
-                                                          self._flush_seconds))
+                                                          POPULARITY_FLUSH_SECONDS))
             | 'ToDocument' >> beam.MapTuple(popularity_document))
+
+
+class LiveProfileOutputs(typing.NamedTuple):
+  documents: beam.PCollection   # (customer_id, document or None)
+  triggers: beam.PCollection    # cart trigger records (schemas/cart_triggers.avsc)
+  popularity: beam.PCollection  # (product_id, popularity document)
+
+
+class LiveProfiles(beam.PTransform):
+  """Folds each customer's events of an unbounded input into a serving document, as they come.
+
+  Input: deduplicated event records. Output: `LiveProfileOutputs`: `documents` and `triggers`
+  as `FoldLive` gives them, and `popularity` (`LivePopularity`), which the graph writes to the
+  `popularity` collection and the fold reads back from it. Anonymous events are stitched with a
+  replay buffer (`StitchLive`); each customer's profile is kept in state and rendered at
+  processing time, per burst and when a cart becomes abandoned, with the CRM and catalog re-read
+  from the `reference` files (`live` says how often).
+  """
+
+  def __init__(self, settings: profile.Settings = profile.Settings(),
+               live: LiveSettings = LiveSettings(), reference: ReferenceFiles = ReferenceFiles(),
+               popularity: FirestoreLocation | None = None):
+    super().__init__()
+    self._settings = settings
+    self._live = live
+    self._reference = reference
+    self._popularity = popularity
+
+  def expand(self, events):
+    attributed = events | 'StitchLive' >> StitchLive(self._live)
+    live = attributed | 'FoldLive' >> FoldLive(self._settings, self._live, self._reference,
+                                               self._popularity)
+    popularity = attributed | 'LivePopularity' >> LivePopularity(self._live)
+    return LiveProfileOutputs(live.documents, live.triggers, popularity)

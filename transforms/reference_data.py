@@ -22,6 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.rules import profile, reference
 from transforms.rules.dead_letters import Rejection
+from transforms.settings import FirestoreLocation
 
 _log = logging.getLogger(__name__)
 _LOCK = threading.Lock()
@@ -52,23 +53,22 @@ def read_records(pattern: str | None, parse: Callable) -> dict:
   return records
 
 
-def read_popularity(source: tuple[str, str, str] | None) -> dict[str, int]:
+def read_popularity(source: FirestoreLocation | None) -> dict[str, int]:
   """product_id -> customers, from the popularity collection the streaming job maintains
-  (transforms.live_profiles.LivePopularity); `source` is (project, database, collection)."""
+  (transforms.live_profiles.LivePopularity)."""
   if source is None:
     return {}
   from google.cloud import firestore  # honours FIRESTORE_EMULATOR_HOST
-  project, database, collection = source
-  client = firestore.Client(project=project, database=database)
+  client = firestore.Client(project=source.project, database=source.database)
   try:
     return {snapshot.id: int(snapshot.get('customers') or 0)
-            for snapshot in client.collection(collection).select(['customers']).stream()}
+            for snapshot in client.collection(source.collection).select(['customers']).stream()}
   finally:
     client.close()
 
 
 def load(customers: str | None, catalog: str | None,
-         popularity: tuple[str, str, str] | None = None) -> ReferenceData:
+         popularity: FirestoreLocation | None = None) -> ReferenceData:
   crm = read_records(customers, reference.parse_customer)
   products = read_records(catalog, reference.parse_product)
   ranking = read_popularity(popularity)
@@ -76,7 +76,7 @@ def load(customers: str | None, catalog: str | None,
 
 
 def current(customers: str | None, catalog: str | None, refresh_minutes: float,
-            popularity: tuple[str, str, str] | None = None) -> ReferenceData:
+            popularity: FirestoreLocation | None = None) -> ReferenceData:
   """The process's reference data, re-read when older than `refresh_minutes`."""
   key = (customers, catalog, popularity)
   with _LOCK:

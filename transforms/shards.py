@@ -1,22 +1,20 @@
 """Batch shuffles of compressed chunks: records bound for the same shard of keys travel together.
 
 The batch dedupe (by message id) and the batch group by customer shuffle every event. Shuffling
-one element per event costs a runner per-element work and memory for every event: the
-FnApiRunner keeps every shuffled element in memory and copies it at a stage boundary (its data
-channel, its grouping table, the grouped stream), and with per-event GroupByKeys the graph peaked
-at 7.4 GB on 1,000,000 events, 1.1 GB with chunks (docs/PERFORMANCE.md); the same bytes are what
-Dataflow Shuffle bills. Here each bundle instead buffers its records per shard (a stable hash of
-the key modulo `shards`), and emits a shard's buffer as one zstd-compressed chunk when it reaches
-`chunk_bytes` or the bundle ends: a GroupByKey on the shard number then brings together every
-record of a shard, in a few chunks about 5 to 9 times smaller than the records. The consumer
-reads a shard's records back with `records` and finishes the grouping in memory, one shard at a
-time.
+one element per event costs a runner per-element work and memory for every event (the
+FnApiRunner holds and copies every shuffled element at a stage boundary; docs/PERFORMANCE.md has
+the peaks measured), and the same bytes are what Dataflow Shuffle bills. Here each bundle instead
+buffers its records per shard (a stable hash of the key modulo `Sharding.shards`), and emits a
+shard's buffer as one zstd-compressed chunk when it reaches `Sharding.chunk_bytes` or the bundle
+ends: a GroupByKey on the shard number then brings together every record of a shard, in a few
+chunks several times smaller than the records. The consumer reads a shard's lines back with
+`records` and finishes the grouping in memory, one shard at a time.
 
-A chunk is the records' lines joined by newlines: lines must not contain a raw newline (JSON from
-orjson never does). Batch only: chunks emitted when a bundle ends carry the global window, and
-a shard's lines are emitted only when its buffer fills, when all of a buffer's shards together
-reach `max_buffered`, or when the bundle ends. A buffer holds at most
-`min(shards * chunk_bytes, max_buffered)` of uncompressed lines (64 MiB by default).
+A chunk is the records' lines joined by newlines: lines must not contain a raw newline (the line
+formats of transforms/line_formats.py never do). Batch only: chunks emitted when a bundle ends
+carry the global window, and a shard's lines are emitted only when its buffer fills, when all of
+a buffer's shards together reach `max_buffered`, or when the bundle ends. A buffer holds at most
+`min(shards * chunk_bytes, max_buffered)` of uncompressed lines (`MAX_BUFFERED` by default).
 """
 from __future__ import annotations
 
@@ -27,10 +25,11 @@ import apache_beam as beam
 import zstandard
 from apache_beam.transforms.window import GlobalWindows
 
-DEFAULT_SHARDS = 256
-# Lines buffered per shard before a chunk is compressed and emitted: about 250 encoded events,
-# which zstd level 1 compresses about 9x at about 1.3 us per event.
-CHUNK_BYTES = 256 * 1024
+from transforms.settings import CHUNK_BYTES, DEFAULT_SHARDS, Sharding
+
+__all__ = ['CHUNK_BYTES', 'DEFAULT_SHARDS', 'MAX_BUFFERED', 'ChunkBuffer', 'ChunkByShard',
+           'ChunkByShardFn', 'Sharding', 'records', 'shard_of']
+
 # Lines buffered over all shards of one buffer before the buffer just added to is emitted early.
 MAX_BUFFERED = 64 * 1024 * 1024
 
@@ -46,18 +45,14 @@ class ChunkBuffer:
 
   A shard's buffer is emitted when it reaches `chunk_bytes`, or when all buffers together reach
   `max_buffered` (then the buffer just added to is emitted, smaller): memory stays bounded when
-  shards are many (4,096 shards of 256 KB would otherwise hold up to 1 GiB per buffer).
-  Lines are appended to a bytearray per shard rather than kept as a list: each bytes object
-  orjson returns keeps its whole output buffer (measured: about 8 KB of memory per retained 1.1
-  KB event), so holding them would cost several times the records' size.
+  shards are many. Lines are appended to a bytearray per shard rather than kept as a list: each
+  bytes object orjson returns keeps its whole output buffer, several times the line's size
+  (docs/PERFORMANCE.md, "orjson's output buffers").
   """
 
-  def __init__(self, shards: int = DEFAULT_SHARDS, chunk_bytes: int = CHUNK_BYTES,
-               max_buffered: int = MAX_BUFFERED):
-    if shards < 1:
-      raise ValueError(f'shards must be at least 1, got {shards}')
-    self._shards = shards
-    self._chunk_bytes = chunk_bytes
+  def __init__(self, sharding: Sharding = Sharding(), max_buffered: int = MAX_BUFFERED):
+    self._shards = sharding.shards
+    self._chunk_bytes = sharding.chunk_bytes
     self._max_buffered = max_buffered
     self._compressor = zstandard.ZstdCompressor(level=1)
     self._buffers: dict[int, bytearray] = {}
@@ -89,16 +84,12 @@ class ChunkBuffer:
 class ChunkByShardFn(beam.DoFn):
   """element -> (shard, compressed chunk of lines), by `keyed_line(element) -> (key, line)`."""
 
-  def __init__(self, keyed_line: typing.Callable, shards: int = DEFAULT_SHARDS,
-               chunk_bytes: int = CHUNK_BYTES):
-    if shards < 1:
-      raise ValueError(f'shards must be at least 1, got {shards}')
+  def __init__(self, keyed_line: typing.Callable, sharding: Sharding = Sharding()):
     self._keyed_line = keyed_line
-    self._shards = shards
-    self._chunk_bytes = chunk_bytes
+    self._sharding = sharding
 
   def start_bundle(self):
-    self._buffer = ChunkBuffer(self._shards, self._chunk_bytes)
+    self._buffer = ChunkBuffer(self._sharding)
 
   def process(self, element):
     chunk = self._buffer.add(*self._keyed_line(element))
@@ -110,7 +101,7 @@ class ChunkByShardFn(beam.DoFn):
 
 
 def records(chunks: typing.Iterable[bytes]) -> typing.Iterator[bytes]:
-  """The lines of a shard's chunks (as `ChunkByShardFn` emitted them)."""
+  """The lines of a shard's chunks (as `ChunkBuffer` emitted them)."""
   decompressor = zstandard.ZstdDecompressor()
   for chunk in chunks:
     yield from decompressor.decompress(chunk).split(b'\n')
@@ -120,10 +111,9 @@ class ChunkByShard(beam.PTransform):
   """Input: any elements. Output: `(shard, compressed chunk)` pairs, ready for a GroupByKey on the
   shard (see the module docstring). `keyed_line(element) -> (key, line)`."""
 
-  def __init__(self, keyed_line: typing.Callable, shards: int = DEFAULT_SHARDS,
-               chunk_bytes: int = CHUNK_BYTES):
+  def __init__(self, keyed_line: typing.Callable, sharding: Sharding = Sharding()):
     super().__init__()
-    self._fn = ChunkByShardFn(keyed_line, shards, chunk_bytes)
+    self._fn = ChunkByShardFn(keyed_line, sharding)
 
   def expand(self, pcoll):
     return pcoll | beam.ParDo(self._fn).with_output_types(tuple[int, bytes])

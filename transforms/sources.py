@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import typing
 from typing import Callable
 
 import apache_beam as beam
@@ -10,8 +11,9 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
 from transforms import metrics
-from transforms.rules import dead_letters, events, reference, resources
+from transforms.rules import dead_letters, events, reference
 from transforms.rules.dead_letters import Rejection
+from transforms.settings import PubSubSource
 
 
 def file_source(path: str) -> str:
@@ -87,53 +89,87 @@ def is_compressed_pattern(pattern: str) -> bool:
   return CompressionTypes.detect_compression_type(pattern) != CompressionTypes.UNCOMPRESSED
 
 
+def _read_whole(pbegin, i: int, pattern: str):
+  """NDJSON files matched and read whole, one file per element, in 1 MiB blocks."""
+  return (pbegin
+          | f'Match[{i}]' >> fileio.MatchFiles(pattern)
+          | f'ReadMatches[{i}]' >> fileio.ReadMatches()
+          | f'ReadLines[{i}]' >> beam.ParDo(_ReadLinesFn()))
+
+
+def _read_avro(pbegin, i: int, pattern: str):
+  """Avro files of `schemas/segment_event.avsc` (Beam's fastavro-backed reader), as JSON."""
+  return (pbegin
+          | f'Pattern[{i}]' >> beam.Create([pattern])
+          | f'ReadAvro[{i}]' >> beam.io.ReadAllFromAvro(with_filename=True)
+          | f'AvroToJson[{i}]' >> beam.Map(_avro_to_payload))
+
+
+def _read_splittable(pbegin, i: int, pattern: str):
+  """Uncompressed NDJSON by ReadFromText, whose splittable reader divides a large file between
+  workers."""
+  return (pbegin
+          | f'Read[{i}]' >> beam.io.ReadFromTextWithFilename(
+              pattern, coder=coders.BytesCoder(), strip_trailing_newlines=True)
+          | f'TagSource[{i}]' >> beam.ParDo(_TagLines()))
+
+
+def _flatten(reads):
+  if len(reads) == 1:
+    return reads[0]
+  return reads | 'FlattenFiles' >> beam.Flatten()
+
+
+def _check_patterns(patterns) -> list[str]:
+  if not patterns:
+    raise ValueError('ReadEventFiles needs at least one file pattern')
+  return list(patterns)
+
+
 @beam.typehints.with_output_types(tuple[str, bytes, None])
 class ReadEventFiles(beam.PTransform):
-  """Reads event files: newline-delimited JSON (`.gz` decompressed by extension) or Avro.
+  """Reads event files in a bounded job: newline-delimited JSON (`.gz` decompressed by
+  extension) or Avro.
 
-  Takes a list of file patterns (globs, local or `gs://`); a pattern ending in `.avro` is read as
-  Avro files of `schemas/segment_event.avsc` (Beam's fastavro-backed reader), any other as NDJSON.
+  Takes file patterns (globs, local or `gs://`); a pattern ending in `.avro` is read as Avro
+  files of `schemas/segment_event.avsc` (Beam's fastavro-backed reader), any other as NDJSON.
   Produces `(source, payload, attributes)` triples: `source` is `file:<path>`, `payload` the raw
   line as bytes (not decoded here, so invalid UTF-8 reaches the parser and is dead-lettered with
   its original bytes) or an Avro record re-encoded as JSON, `attributes` None.
 
-  NDJSON files are read by ReadFromText in batch when uncompressed (its splittable reader divides
-  a large file between workers). Compressed files (`.gz`, `.bz2`, `.zst`, ...: a pattern ending in
-  a compression extension) cannot be split by any reader, so they are matched and read whole,
-  one file per element, in a plain DoFn that splits 1 MiB blocks into lines: about 10 us less per
-  line than ReadFromText's per-record reader on the FnApiRunner, and one step (the source tag)
-  less. With `streaming=True` (files merged into a Pub/Sub stream) every NDJSON file is read that
-  way: ReadFromText's splittable reader cannot run in a streaming pipeline on the DirectRunner.
+  Uncompressed NDJSON is read by ReadFromText (its splittable reader divides a large file between
+  workers). Compressed files (`.gz`, `.bz2`, `.zst`, ...: a pattern ending in a compression
+  extension) cannot be split by any reader, so they are read whole, as `ReadWholeEventFiles`
+  does, which costs less per line than ReadFromText's per-record reader on the FnApiRunner and
+  saves the source-tagging step (docs/PERFORMANCE.md, "Fewer steps over every event").
   """
 
-  def __init__(self, patterns: list[str], streaming: bool = False):
+  def __init__(self, patterns: typing.Sequence[str]):
     super().__init__()
-    if not patterns:
-      raise ValueError('ReadEventFiles needs at least one file pattern')
-    self._patterns = list(patterns)
-    self._streaming = streaming
+    self._patterns = _check_patterns(patterns)
 
   def expand(self, pbegin):
-    reads = []
-    for i, pattern in enumerate(self._patterns):
-      if not is_avro_pattern(pattern) and (self._streaming or is_compressed_pattern(pattern)):
-        reads.append(pbegin
-                     | f'Match[{i}]' >> fileio.MatchFiles(pattern)
-                     | f'ReadMatches[{i}]' >> fileio.ReadMatches()
-                     | f'ReadLines[{i}]' >> beam.ParDo(_ReadLinesFn()))
-      elif is_avro_pattern(pattern):
-        reads.append(pbegin
-                     | f'Pattern[{i}]' >> beam.Create([pattern])
-                     | f'ReadAvro[{i}]' >> beam.io.ReadAllFromAvro(with_filename=True)
-                     | f'AvroToJson[{i}]' >> beam.Map(_avro_to_payload))
-      else:
-        reads.append(pbegin
-                     | f'Read[{i}]' >> beam.io.ReadFromTextWithFilename(
-                         pattern, coder=coders.BytesCoder(), strip_trailing_newlines=True)
-                     | f'TagSource[{i}]' >> beam.ParDo(_TagLines()))
-    if len(reads) == 1:
-      return reads[0]
-    return reads | 'FlattenFiles' >> beam.Flatten()
+    return _flatten([_read_avro(pbegin, i, pattern) if is_avro_pattern(pattern)
+                     else _read_whole(pbegin, i, pattern) if is_compressed_pattern(pattern)
+                     else _read_splittable(pbegin, i, pattern)
+                     for i, pattern in enumerate(self._patterns)])
+
+
+@beam.typehints.with_output_types(tuple[str, bytes, None])
+class ReadWholeEventFiles(beam.PTransform):
+  """Reads event files as `ReadEventFiles` does, each NDJSON file whole, in one DoFn: what a
+  streaming job can run (files merged into a Pub/Sub stream, such as a backfill), since
+  ReadFromText's splittable reader cannot run in a streaming pipeline on the DirectRunner.
+  Same patterns, same `(source, payload, attributes)` triples."""
+
+  def __init__(self, patterns: typing.Sequence[str]):
+    super().__init__()
+    self._patterns = _check_patterns(patterns)
+
+  def expand(self, pbegin):
+    return _flatten([_read_avro(pbegin, i, pattern) if is_avro_pattern(pattern)
+                     else _read_whole(pbegin, i, pattern)
+                     for i, pattern in enumerate(self._patterns)])
 
 
 def _message_to_triple(message):
@@ -142,21 +178,18 @@ def _message_to_triple(message):
 
 @beam.typehints.with_output_types(tuple[str, bytes, dict])
 class ReadPubSubEvents(beam.PTransform):
-  """Reads events from a Pub/Sub subscription (`projects/P/subscriptions/S`), with attributes.
+  """Reads events from the Pub/Sub subscription of `source`, with attributes.
 
   Produces `(source, payload, attributes)` triples with source `pubsub`. The element timestamp is
-  the publish time here; the event time is taken from the payload after parsing. `id_attribute`
-  turns on Pub/Sub's own dedupe by an attribute (Dataflow only; the DirectRunner does not support
-  it, and the graph dedupes by messageId in any case).
+  the publish time here; the event time is taken from the payload after parsing.
+  `source.id_attribute` turns on Pub/Sub's own dedupe by an attribute (Dataflow only; the
+  DirectRunner does not support it, and the graph dedupes by messageId in any case).
   """
 
-  def __init__(self, subscription: str, id_attribute: str | None = None):
+  def __init__(self, source: PubSubSource):
     super().__init__()
-    problem = resources.pubsub_path_problem(subscription, 'subscription')
-    if problem:
-      raise ValueError(f'subscription {problem}')
-    self._subscription = subscription
-    self._id_attribute = id_attribute or None
+    self._subscription = source.subscription
+    self._id_attribute = source.id_attribute or None
 
   def expand(self, pbegin):
     return (pbegin

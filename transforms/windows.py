@@ -1,20 +1,19 @@
 """Event-time windows: events stamped with their own time, and hourly activity per customer."""
 from __future__ import annotations
 
-import decimal
 import time
 
 import apache_beam as beam
-import orjson
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.window import GlobalWindows
 from apache_beam.utils.timestamp import Duration, Timestamp
 from apache_beam.utils.windowed_value import PaneInfoTiming
 
+from transforms import line_formats
 from transforms.rules import activity
-from transforms.shards import DEFAULT_SHARDS, ChunkBuffer, records
+from transforms.settings import HourlySettings, Sharding
+from transforms.shards import ChunkBuffer, records
 
-DEFAULT_ALLOWED_LATENESS_HOURS = 24
 HOUR_SECONDS = 3600
 HOUR_MICROS = HOUR_SECONDS * 1_000_000
 
@@ -75,26 +74,26 @@ class _SumActivity(beam.CombineFn):
 
 class _HourPartialsFn(beam.DoFn):
   """Batch: events -> (shard, compressed chunk) of the bundle's partial sums per (hour, key), one
-  line per key per bundle (`_partial_line`), in shards of customer ids (`transforms/shards.py`).
+  partial line per key per bundle (transforms/line_formats.py), in shards of customer ids
+  (transforms/shards.py).
 
   Combining inside the bundle by hand: Beam lifts a CombinePerKey the same way, but through a
-  per-element step (the key-extracting FlatMap) plus its own per-element table update, about
-  twice the cost per event of the dict update here on the FnApiRunner (docs/PERFORMANCE.md). Keys
+  per-element step (the key-extracting FlatMap) plus its own per-element table update, which
+  cost more per event than the dict update here on the FnApiRunner (docs/PERFORMANCE.md). Keys
   are nearly as many as events (one per customer, event name and hour), so the partials then
   travel in chunks rather than one element per key: `_hour_rows` merges a shard's partials.
   The partial sums are flushed into the chunks every `MAX_PARTIALS` keys: a bundle can be a whole
   input (the FnApiRunner's is), and a dict of a key per customer and hour for all of it would
-  grow with the input (about 500,000 keys for 1,000,000 events). Global window only (batch fast
-  path).
+  grow with the input. Global window only (batch).
   """
   MAX_PARTIALS = 20_000
 
-  def __init__(self, shards: int):
-    self._shards = shards
+  def __init__(self, sharding: Sharding):
+    self._sharding = sharding
 
   def start_bundle(self):
     self._sums = {}
-    self._chunks = ChunkBuffer(self._shards)
+    self._chunks = ChunkBuffer(self._sharding)
 
   def process(self, event):
     key = activity.activity_key(event)
@@ -109,7 +108,7 @@ class _HourPartialsFn(beam.DoFn):
   def _flush(self):
     sums, self._sums = self._sums, {}
     for slot, totals in sums.items():
-      chunk = self._chunks.add(slot[1][0], _partial_line(slot, totals))
+      chunk = self._chunks.add(slot[1][0], line_formats.encode_partial(slot, totals))
       if chunk is not None:
         yield chunk
 
@@ -119,21 +118,13 @@ class _HourPartialsFn(beam.DoFn):
     yield from self._chunks.drain()
 
 
-def _partial_line(slot, totals) -> bytes:
-  (hour, (customer, identified, name, currency)), (count, revenue) = slot, totals
-  return orjson.dumps([hour, customer, identified, name, currency, count,
-                       None if revenue is None else str(revenue)])
-
-
 def _hour_rows(_, chunks):
   """(shard, chunks of partial sums) -> one row per (hour, key) of the shard (batch: each hour
   is complete, so one on-time pane)."""
   totals = {}
   for line in records(chunks):
-    hour, customer, identified, name, currency, count, revenue = orjson.loads(line)
-    slot = (hour, (customer, identified, name, currency))
-    totals[slot] = activity.add(totals.get(slot, (0, None)),
-                                (count, None if revenue is None else decimal.Decimal(revenue)))
+    slot, partial = line_formats.decode_partial(line)
+    totals[slot] = activity.add(totals.get(slot, (0, None)), partial)
   for (hour, key), sums in totals.items():
     yield _row(key, sums, hour, hour + HOUR_MICROS, 0, 'ON_TIME')
 
@@ -147,41 +138,51 @@ class _ToRowFn(beam.DoFn):
                PaneInfoTiming.to_string(pane.timing))
 
 
-class HourlyActivity(beam.PTransform):
-  """Counts events (and order revenue) per customer, event name and hour of event time.
+class HourlyBatch(beam.PTransform):
+  """Counts events (and order revenue) per customer, event name and hour of event time, over a
+  bounded input.
+
+  Input: event records (global window; element timestamps are not read: the hour comes from
+  `event_time`). Output: rows shaped like `schemas/customer_activity_hourly.avsc`, the rows
+  `HourlyWindowed` gives once the watermark has passed every hour: every hour is complete
+  before the job starts, so each key gets exactly one on-time pane (`pane_index` 0). Grouping on
+  (hour, key) in the global window gives it without the runner's windowed-GBK trigger
+  machinery, which costs more than all the per-event rules together on the local runner
+  (docs/PERFORMANCE.md). The partial sums travel in chunks cut by `sharding`
+  (transforms/shards.py). A test checks that both composites give the same rows.
+  """
+
+  def __init__(self, sharding: Sharding = Sharding()):
+    super().__init__()
+    self._sharding = sharding
+
+  def expand(self, pcoll):
+    return (pcoll
+            | 'SumInBundle' >> beam.ParDo(_HourPartialsFn(self._sharding)).with_output_types(
+                tuple[int, bytes])
+            | 'GroupShards' >> beam.GroupByKey()
+            | 'ToHourRows' >> beam.FlatMapTuple(_hour_rows))
+
+
+class HourlyWindowed(beam.PTransform):
+  """Counts events (and order revenue) per customer, event name and hour of event time, in
+  event-time windows.
 
   Input: event records whose element timestamps are their event times (`AssignEventTime`).
   Output: rows shaped like `schemas/customer_activity_hourly.avsc`.
 
   Trigger: one pane when the watermark passes the end of the hour, then one more pane for every
-  late event that arrives within `allowed_lateness_hours`; panes ACCUMULATE, so each row carries
-  the hour's full totals so far and the row with the highest `pane_index` is the current one
-  (BigQuery is append-only; a discarding pane would make readers sum rows instead). Events later
-  than the allowed lateness are dropped here (they still reach the events table).
-
-  Bounded input (`streaming=False`) takes a batch fast path with the same result: every hour is
-  complete before the job starts, so each key gets exactly one on-time pane, and grouping on
-  (hour, key) in the global window gives it without the runner's windowed-GBK trigger machinery,
-  which costs more than all the per-event rules together on the local runner (docs/PERFORMANCE.md).
-  The windowed path also runs in batch; a test checks that both give the same rows.
+  late event that arrives within `settings.allowed_lateness_hours`; panes ACCUMULATE, so each row
+  carries the hour's full totals so far and the row with the highest `pane_index` is the current
+  one (BigQuery is append-only; a discarding pane would make readers sum rows instead). Events
+  later than the allowed lateness are dropped here (they still reach the events table).
   """
 
-  def __init__(self, allowed_lateness_hours: float = DEFAULT_ALLOWED_LATENESS_HOURS,
-               streaming: bool = True, shards: int = DEFAULT_SHARDS):
+  def __init__(self, settings: HourlySettings = HourlySettings()):
     super().__init__()
-    self._shards = shards
-    if allowed_lateness_hours < 0:
-      raise ValueError(f'allowed_lateness_hours must be >= 0, got {allowed_lateness_hours}')
-    self._lateness = Duration(seconds=allowed_lateness_hours * HOUR_SECONDS)
-    self._streaming = streaming
+    self._lateness = Duration(seconds=settings.allowed_lateness_hours * HOUR_SECONDS)
 
   def expand(self, pcoll):
-    if not self._streaming:
-      return (pcoll
-              | 'SumInBundle' >> beam.ParDo(_HourPartialsFn(self._shards)).with_output_types(
-                  tuple[int, bytes])
-              | 'GroupShards' >> beam.GroupByKey()
-              | 'ToHourRows' >> beam.FlatMapTuple(_hour_rows))
     return (pcoll
             | 'HourlyWindows' >> beam.WindowInto(
                 window.FixedWindows(HOUR_SECONDS),

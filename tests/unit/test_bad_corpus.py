@@ -26,6 +26,7 @@ from transforms import metrics
 from transforms.clean import ParseEvents
 from transforms.rules import events, profile
 from transforms.rules.dead_letters import Rejection, dead_letter, original_payload, redact_emails
+from transforms.settings import ParseLimits
 
 CORPUS = pathlib.Path(__file__).resolve().parents[1] / 'data' / 'bad'
 MANIFEST = json.loads((CORPUS / 'expected.json').read_text(encoding='utf-8'))
@@ -190,7 +191,7 @@ def test_the_corpus_through_the_batch_parse_step():
       for n in names if MANIFEST[n]['expected'] != VALID)
   p = batch_pipeline()
   out = (p | beam.Create([(source(n), payload(n), None) for n in names])
-         | ParseEvents(max_message_bytes=events.DEFAULT_MAX_MESSAGE_BYTES))
+         | ParseEvents(ParseLimits(max_message_bytes=events.DEFAULT_MAX_MESSAGE_BYTES)))
   assert_that(out.events | beam.Map(lambda e: e['source']), equal_to(valid), label='Valid')
   assert_that(out.dead_letter | beam.Map(
       lambda d: (d['source'], d['failure_type'], d['step'], d['payload_encoding'],

@@ -23,9 +23,10 @@ from apache_beam.transforms.window import TimestampedValue
 
 import schemas
 from tests.unit.beam_helpers import batch_pipeline
-from transforms.features import BuildProfiles
-from transforms.live_profiles import StitchLive
+from transforms.batch_profiles import BatchProfiles
+from transforms.live_profiles import LiveProfiles, StitchLive
 from transforms.rules import events, reference
+from transforms.settings import LiveSettings, ReferenceFiles
 from transforms.sources import ReadReference
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
@@ -105,14 +106,14 @@ def streaming_pipeline():
 
 
 def live_profiles(events_pcoll, crm: str, catalog: str):
-  return events_pcoll | 'LiveProfiles' >> BuildProfiles(
-      streaming=True, customers_pattern=crm, catalog_pattern=catalog, flush_seconds=0.5)
+  return events_pcoll | 'LiveProfiles' >> LiveProfiles(
+      live=LiveSettings(flush_seconds=0.5), reference=ReferenceFiles(crm, catalog))
 
 
 def batch_profiles(p, events_pcoll, crm: str, catalog: str, as_of: int):
   customers = p | 'ReadCustomers' >> ReadReference('customers', crm, reference.parse_customer)
   products = p | 'ReadCatalog' >> ReadReference('catalog', catalog, reference.parse_product)
-  return events_pcoll | 'BatchProfiles' >> BuildProfiles(
+  return events_pcoll | 'BatchProfiles' >> BatchProfiles(
       customers=customers.records, catalog=products.records, as_of_micros=as_of)
 
 
@@ -204,7 +205,8 @@ def test_the_documented_limit_an_earlier_link_arriving_late_takes_over_from_then
   for element in (first_link, attributed, earlier_link, after):
     stream.add_elements([element])
   with streaming_pipeline() as p:
-    pairs = (p | stream.advance_watermark_to_infinity() | StitchLive(identity_buffer_hours=24)
+    pairs = (p | stream.advance_watermark_to_infinity()
+             | StitchLive(LiveSettings(identity_buffer_hours=24))
              | beam.MapTuple(lambda customer, e: (customer, e['message_id'])))
     assert_that(pairs, equal_to([
         ('c4', first_link['message_id']), ('c4', attributed['message_id']),

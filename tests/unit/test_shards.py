@@ -16,7 +16,7 @@ def test_shard_of_is_stable_and_in_range():
 
 @pytest.mark.parametrize('chunk_bytes', [1, 10, 1 << 20])
 def test_chunk_buffer_returns_every_line_once_in_its_shard(chunk_bytes):
-  buffer = shards.ChunkBuffer(shards=5, chunk_bytes=chunk_bytes)
+  buffer = shards.ChunkBuffer(shards.Sharding(shards=5, chunk_bytes=chunk_bytes))
   lines = {f'key{i % 40}': [] for i in range(40)}
   chunks = []
   for i in range(400):
@@ -43,7 +43,7 @@ def test_chunk_buffer_returns_every_line_once_in_its_shard(chunk_bytes):
 
 
 def test_chunks_compress_repetitive_lines():
-  buffer = shards.ChunkBuffer(shards=1, chunk_bytes=1 << 20)
+  buffer = shards.ChunkBuffer(shards.Sharding(shards=1, chunk_bytes=1 << 20))
   line = b'{"type":"track","event":"Product Viewed","context":{"userAgent":"Mozilla/5.0"}}'
   for _ in range(1000):
     buffer.add('k', line)
@@ -57,8 +57,8 @@ def test_chunk_by_shard_and_group_by_key_bring_a_shards_records_together():
   with batch_pipeline() as p:
     grouped = (p
                | beam.Create(elements)
-               | shards.ChunkByShard(lambda kv: (kv[0], f'{kv[0]}:{kv[1]}'.encode()), shards=4,
-                                     chunk_bytes=64)
+               | shards.ChunkByShard(lambda kv: (kv[0], f'{kv[0]}:{kv[1]}'.encode()),
+                                     shards.Sharding(shards=4, chunk_bytes=64))
                | beam.GroupByKey()
                | beam.MapTuple(lambda shard, chunks: (shard, sorted(shards.records(chunks)))))
     expected: dict[int, list] = {}
@@ -69,11 +69,12 @@ def test_chunk_by_shard_and_group_by_key_bring_a_shards_records_together():
 
 def test_zero_shards_is_refused():
   with pytest.raises(ValueError, match='shards'):
-    shards.ChunkBuffer(shards=0)
+    shards.Sharding(shards=0)
 
 
 def test_many_shards_stay_within_the_memory_bound_and_lose_nothing():
-  buffer = shards.ChunkBuffer(shards=4096, chunk_bytes=1 << 20, max_buffered=10_000)
+  buffer = shards.ChunkBuffer(shards.Sharding(shards=4096, chunk_bytes=1 << 20),
+                              max_buffered=10_000)
   chunks, sent = [], []
   for i in range(5000):
     line = f'{{"n":{i},"pad":"{"x" * 40}"}}'.encode()

@@ -3,6 +3,7 @@ import pickle
 
 import pytest
 
+from transforms.settings import BigQueryTarget, FirestoreLocation
 from transforms.sinks import bigquery, bigquery_client, firestore
 
 
@@ -16,13 +17,13 @@ def test_table_definition_is_partitioned_and_clustered_from_the_schema():
 
 def test_write_table_rejects_bad_configuration():
   with pytest.raises(ValueError, match='unknown BigQuery write method'):
-    bigquery.WriteTable('events', 'p', 'ds', method='CARRIER_PIGEON')
+    bigquery.WriteTable('events', BigQueryTarget('p', 'ds', method='CARRIER_PIGEON'))
   with pytest.raises(ValueError, match='temp_location'):
-    bigquery.WriteTable('events', 'p', 'ds', method=bigquery.FILE_LOADS)
+    bigquery.WriteTable('events', BigQueryTarget('p', 'ds', method=bigquery.FILE_LOADS))
   with pytest.raises(ValueError, match='project and a dataset'):
-    bigquery.WriteTable('events', '', 'ds')
+    bigquery.WriteTable('events', BigQueryTarget('', 'ds'))
   # The production-only method is accepted as configuration (it needs Java at run time).
-  bigquery.WriteTable('events', 'p', 'ds', method=bigquery.STORAGE_WRITE_API)
+  bigquery.WriteTable('events', BigQueryTarget('p', 'ds', method=bigquery.STORAGE_WRITE_API))
 
 
 def test_emulator_endpoint_follows_the_environment(monkeypatch):
@@ -46,9 +47,9 @@ def test_document_ids_firestore_cannot_store_are_caught(doc_id, ok):
 
 def test_write_documents_rejects_bad_configuration():
   with pytest.raises(ValueError, match='project and a collection'):
-    firestore.WriteDocuments('', 'customers')
+    firestore.WriteDocuments(FirestoreLocation('', 'customers'))
   with pytest.raises(ValueError, match='top-level collection'):
-    firestore.WriteDocuments('p', 'a/b/c')
+    firestore.WriteDocuments(FirestoreLocation('p', 'a/b/c'))
 
 
 def test_a_row_bigquery_rejects_becomes_a_dead_letter_with_the_row_and_the_reason():

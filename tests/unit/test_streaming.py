@@ -16,12 +16,12 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.utils.timestamp import Timestamp
 
 import schemas
-from transforms.dedupe import DedupeEvents
-from transforms.features import BuildProfiles
-from transforms.live_profiles import FoldLive, LivePopularity, StitchLive
+from transforms.dedupe import DedupeStream
+from transforms.live_profiles import FoldLive, LivePopularity, LiveProfiles, StitchLive
 from transforms.rules import profile
-from transforms.sources import ReadEventFiles
-from transforms.windows import AssignEventTime, HourlyActivity
+from transforms.settings import DedupeSettings, HourlySettings, LiveSettings, ReferenceFiles
+from transforms.sources import ReadWholeEventFiles
+from transforms.windows import AssignEventTime, HourlyWindowed
 
 BASE = dt.datetime(2026, 11, 2, 10, 0, tzinfo=dt.timezone.utc)
 
@@ -61,7 +61,7 @@ def test_dedupe_drops_copies_across_bundles_and_forgets_after_the_look_back():
             .add_elements([event('m1', 1)])                     # kept again
             .advance_watermark_to_infinity())
   with streaming_pipeline() as p:
-    kept = (p | stream | DedupeEvents(streaming=True, dedupe_hours=1)
+    kept = (p | stream | DedupeStream(DedupeSettings(hours=1))
             | beam.Map(lambda e: e['message_id']))
     assert_that(kept, equal_to(['m1', 'm2', 'm3', 'm1']))
 
@@ -88,7 +88,7 @@ def test_hourly_panes_on_time_then_late_updates_then_dropped_beyond_lateness():
     rows = (p | stream
             | beam.Map(lambda e: {**e, 'total': None if e['total'] is None else
                                   decimal.Decimal(str(e['total']))})
-            | AssignEventTime() | HourlyActivity(allowed_lateness_hours=1))
+            | AssignEventTime() | HourlyWindowed(HourlySettings(allowed_lateness_hours=1)))
     assert_that(rows | beam.Map(_pane_view), equal_to([
         (10, 'Product Viewed', 2, None, 0, 'ON_TIME'),
         (10, 'Order Completed', 1, '10', 0, 'ON_TIME'),
@@ -116,7 +116,7 @@ def test_streaming_profiles_fold_out_of_order_events_across_bundles():
             .advance_processing_time(30)
             .advance_watermark_to_infinity())
   with streaming_pipeline() as p:
-    docs = ((p | stream | BuildProfiles(streaming=True)).documents
+    docs = ((p | stream | LiveProfiles()).documents
             | beam.Map(lambda kv: (kv[0], tuple(v['product_id'] for v in kv[1]['recently_viewed']),
                                    kv[1]['cart']['item_count'], kv[1]['last_event_at'].minute))
             # The same document can be emitted more than once (a flush and an abandonment timer
@@ -144,7 +144,7 @@ def test_event_files_are_read_in_a_streaming_pipeline_too(tmp_path):
     fastavro.writer(out, fastavro.parse_schema(schemas.segment_event_avro_schema()),
                     [{'type': 'page', 'messageId': 'm', 'anonymousId': 'a'}])
   with streaming_pipeline() as p:
-    read = p | ReadEventFiles([str(lines), str(avro)], streaming=True)
+    read = p | ReadWholeEventFiles([str(lines), str(avro)])
     assert_that(read | beam.Map(lambda t: (t[0], orjson.loads(t[1]))), equal_to([
         (f'file:{lines}', {'a': 1}), (f'file:{lines}', {'b': 2}),
         (f'file:{avro}', {'type': 'page', 'messageId': 'm', 'anonymousId': 'a'})]))
@@ -170,7 +170,7 @@ def test_stitching_replays_held_anonymous_events_when_the_link_arrives():
                                       product=None)])
             .advance_watermark_to_infinity())
   with streaming_pipeline() as p:
-    attributed = (p | stream | StitchLive(identity_buffer_hours=24)
+    attributed = (p | stream | StitchLive(LiveSettings(identity_buffer_hours=24))
                   | beam.MapTuple(lambda customer, e: (customer, e['message_id'])))
     assert_that(attributed, equal_to([
         ('c7', 'u'), ('c1', 'v1'), ('c1', 'v2'), ('c1', 'id'), ('c1', 'v3'),
@@ -186,7 +186,7 @@ def test_live_fold_coalesces_a_burst_into_one_document():
             .advance_processing_time(30)
             .advance_watermark_to_infinity())
   with streaming_pipeline() as p:
-    out = p | stream | FoldLive(flush_seconds=1)
+    out = p | stream | FoldLive(live=LiveSettings(flush_seconds=1))
     assert_that(out.documents | beam.MapTuple(
         lambda customer, doc: (customer, len(doc['recently_viewed']))),
                 equal_to([('c1', 3), ('c1', 4)]), label='Documents')
@@ -209,7 +209,8 @@ def test_live_fold_triggers_once_per_abandoned_cart():
             .advance_processing_time(61 * 60)           # abandoned again: a second trigger
             .advance_watermark_to_infinity())
   with streaming_pipeline() as p:
-    out = p | stream | FoldLive(profile.Settings(cart_abandon_minutes=60), flush_seconds=1)
+    out = p | stream | FoldLive(profile.Settings(cart_abandon_minutes=60),
+                                LiveSettings(flush_seconds=1))
     # Renders at an abandonment timer see the cart abandoned (the reference time is the timer's).
     assert_that(out.documents | beam.Filter(lambda kv: kv[1]['cart']['abandoned'])
                 | beam.MapTuple(lambda customer, doc: (customer, doc['cart']['item_count'])),
@@ -234,7 +235,8 @@ def test_live_fold_enriches_from_the_crm_and_catalog_files_and_honours_consent(t
             .advance_processing_time(30)
             .advance_watermark_to_infinity())
   with streaming_pipeline() as p:
-    out = p | stream | FoldLive(flush_seconds=1, customers=str(crm), catalog=str(catalog))
+    out = p | stream | FoldLive(live=LiveSettings(flush_seconds=1),
+                                reference=ReferenceFiles(str(crm), str(catalog)))
     assert_that(out.documents | beam.MapTuple(_enrichment_view),
                 # Viewing does not exclude a product from recommendations (buying or carting does).
                 equal_to([('c1', ('Ann', 'gold', 'Boot', ['pa', 'pz'])), ('c2', None)]))
@@ -264,6 +266,6 @@ def test_live_popularity_counts_distinct_customers_in_the_window_and_decays():
             .advance_processing_time(2 * 3600)    # the window (1 h) has passed: both decay to 0
             .advance_watermark_to_infinity())
   with streaming_pipeline() as p:
-    counts = (p | stream | LivePopularity(window_hours=1)
+    counts = (p | stream | LivePopularity(LiveSettings(popularity_window_hours=1))
               | beam.MapTuple(lambda product_id, doc: (product_id, doc['customers'])))
     assert_that(counts, distinct_equal_to([('pa', 2), ('pb', 1), ('pa', 0), ('pb', 0)]))

@@ -12,14 +12,16 @@ from apache_beam.testing.util import assert_that, equal_to
 import schemas
 from tests.unit.beam_helpers import batch_pipeline
 from transforms.clean import ParseEvents
-from transforms import dedupe
+from transforms import dedupe, line_formats
 from transforms import shards as shards_module
-from transforms.dedupe import DedupeEvents
-from transforms.features import BuildProfiles
+from transforms.batch_profiles import BatchProfiles
+from transforms.dedupe import DedupeBatch
 from transforms.rules import events as events_rules
 from transforms.rules import reference
-from transforms.sources import ReadEventFiles, ReadPubSubEvents, ReadReference
-from transforms.windows import AssignEventTime, HourlyActivity
+from transforms.settings import ParseLimits, PubSubSource, Sharding
+from transforms.sources import (ReadEventFiles, ReadPubSubEvents, ReadReference,
+                                ReadWholeEventFiles)
+from transforms.windows import AssignEventTime, HourlyBatch, HourlyWindowed
 
 
 def track(message_id, user_id='c1', time='2026-11-02T10:00:00Z', name='Product Viewed', **extra):
@@ -51,7 +53,7 @@ def test_parse_events_honours_the_size_limit():
   with batch_pipeline() as p:
     out = p | beam.Create([('s', track('m1'), None),
                            ('s', track('m2', properties={'x': 'y' * 500}), None)]) \
-        | ParseEvents(max_message_bytes=300)
+        | ParseEvents(ParseLimits(max_message_bytes=300))
     assert_that(out.events | beam.Map(lambda e: e['message_id']), equal_to(['m1']), label='Ok')
     assert_that(out.dead_letter | beam.Map(lambda d: d['failure_type']),
                 equal_to(['size_violation']), label='TooBig')
@@ -65,7 +67,7 @@ def test_dedupe_keeps_one_event_per_message_id_preferring_the_earliest_received(
       {'message_id': 'm2', 'event_time': 1, 'received_at': None, 'source': 'file:a', 'n': 4},
   ]
   with batch_pipeline() as p:
-    kept = p | beam.Create(events) | DedupeEvents()
+    kept = p | beam.Create(events) | DedupeBatch()
     assert_that(kept | beam.Map(lambda e: e['n']), equal_to([2, 4]))
 
 
@@ -83,7 +85,7 @@ def test_dedupe_in_chunks_keeps_the_same_copies_whatever_the_shards_and_chunk_si
   for shards, chunk_bytes in ((1, 1), (7, 500), (256, shards_module.CHUNK_BYTES)):
     with batch_pipeline() as p:
       kept = (p | beam.Create(list(reversed(events)), reshuffle=False)
-              | dedupe.DedupeEvents(shards=shards, chunk_bytes=chunk_bytes))
+              | dedupe.DedupeBatch(Sharding(shards=shards, chunk_bytes=chunk_bytes)))
       assert_that(kept | beam.Map(lambda e: (e['message_id'], e['n'])), equal_to(expected),
                   label='Kept')
       assert_that(kept | beam.Map(lambda e: e['price']), equal_to([decimal.Decimal('1.5')] * 301),
@@ -92,7 +94,7 @@ def test_dedupe_in_chunks_keeps_the_same_copies_whatever_the_shards_and_chunk_si
 
 def test_dedupe_rejects_zero_shards():
   with pytest.raises(ValueError, match='shards'):
-    dedupe.DedupeEvents(shards=0)
+    dedupe.DedupeBatch(Sharding(shards=0))
 
 
 def segment(message_id, minute, name=None, user=None, anon=None, type_='track', **fields):
@@ -107,8 +109,8 @@ def segment(message_id, minute, name=None, user=None, anon=None, type_='track', 
 
 @pytest.mark.parametrize('max_links', [20_000, 1], ids=['links-per-bundle', 'links-flushed'])
 def test_build_profiles_stitches_enriches_suppresses_and_triggers(max_links, monkeypatch):
-  from transforms import features
-  monkeypatch.setattr(features._RouteFn, 'MAX_LINKS', max_links)
+  from transforms import batch_profiles
+  monkeypatch.setattr(batch_profiles._RouteFn, 'MAX_LINKS', max_links)
   events = [
       # Anonymous browsing, linked later by an identify carrying both ids.
       segment('v1', 1, 'Product Viewed', anon='a1', properties={'product_id': 'p1'}),
@@ -135,7 +137,7 @@ def test_build_profiles_stitches_enriches_suppresses_and_triggers(max_links, mon
               'currency': 'USD', 'in_stock': True, 'url': 'u2', 'image_url': 'i2', 'sku': None,
               'brand': None}]
   with batch_pipeline() as p:
-    out = p | beam.Create(events) | BuildProfiles(
+    out = p | beam.Create(events) | BatchProfiles(
         customers=p | 'Customers' >> beam.Create(customers),
         catalog=p | 'Catalog' >> beam.Create(catalog))
     summary = out.documents | beam.MapTuple(lambda cid, doc: (cid, None if doc is None else (
@@ -211,17 +213,20 @@ def test_read_reference_parses_rows_and_dead_letters_bad_ones(tmp_path):
 def test_transforms_reject_bad_arguments_at_construction():
   with pytest.raises(ValueError, match='at least one file pattern'):
     ReadEventFiles([])
+  with pytest.raises(ValueError, match='at least one file pattern'):
+    ReadWholeEventFiles([])
   with pytest.raises(ValueError, match='positive'):
-    ParseEvents(max_message_bytes=0)
+    ParseEvents(ParseLimits(max_message_bytes=0))
   with pytest.raises(ValueError, match='file pattern'):
     ReadReference('catalog', '', reference.parse_product)
   with pytest.raises(ValueError, match='full path'):
-    ReadPubSubEvents('events-sub')
+    ReadPubSubEvents(PubSubSource('events-sub'))
 
 
-@pytest.mark.parametrize('streaming,max_partials', [(False, 20_000), (False, 1), (True, 20_000)],
+@pytest.mark.parametrize('hourly,max_partials',
+                         [(HourlyBatch, 20_000), (HourlyBatch, 1), (HourlyWindowed, 20_000)],
                          ids=['batch-fast-path', 'batch-flushing-every-key', 'windowed'])
-def test_hourly_activity_in_batch_one_on_time_pane_per_key(streaming, max_partials, monkeypatch):
+def test_hourly_activity_in_batch_one_on_time_pane_per_key(hourly, max_partials, monkeypatch):
   # With max_partials=1 the batch path flushes its partial sums at every key: the rows are the
   # same, merged per shard.
   from transforms import windows
@@ -238,7 +243,7 @@ def test_hourly_activity_in_batch_one_on_time_pane_per_key(streaming, max_partia
             ev('g', 40, 'Order Completed', total='5', currency='EUR'),
             ev('h', 45, user=None, anon=None)]  # no id at all: not counted
   with batch_pipeline() as p:
-    rows = p | beam.Create(events) | AssignEventTime() | HourlyActivity(streaming=streaming)
+    rows = p | beam.Create(events) | AssignEventTime() | hourly()
     assert_that(rows | beam.Map(lambda r: (
         r['window_start'] // 3_600_000_000 % 24, r['customer_id'], r['identified'],
         r['event_name'], r['event_count'], None if r['revenue'] is None else str(r['revenue']),
@@ -265,23 +270,24 @@ def test_block_line_reader_splits_across_block_boundaries():
 def test_attach_joins_links_from_several_bundles_earliest_first():
   # Links of one anonymous id arrive in chunks from two bundles (two users on a shared device):
   # the earliest link wins, whichever chunk holds it; an id never linked is counted, not kept.
-  from transforms import features
+  from transforms import batch_profiles
   link_chunks = []
   for candidates in ([('a1', 50, 'late-user')], [('a1', 10, 'early-user'), ('a2', 5, 'c2')]):
-    buffer = shards_module.ChunkBuffer(shards=1)
+    buffer = shards_module.ChunkBuffer(Sharding(shards=1))
     for anonymous_id, at, user in candidates:
-      buffer.add(anonymous_id, features._link_line(anonymous_id, (at, user)))
+      buffer.add(anonymous_id, line_formats.encode_link(anonymous_id, (at, user)))
     link_chunks += [value.value[1] for value in buffer.drain()]
-  anonymous = shards_module.ChunkBuffer(shards=1)
+  anonymous = shards_module.ChunkBuffer(Sharding(shards=1))
   for anonymous_id, message_id in (('a1', 'm1'), ('a2', 'm2'), ('a9', 'm9')):
     event = {'message_id': message_id, 'event_time': 1, 'type': 'track',
              'event': 'Product Viewed', 'product_id': 'p1'}
-    anonymous.add(anonymous_id, features.customer_line(anonymous_id, features.fold_line(event)))
+    anonymous.add(anonymous_id, batch_profiles.fold_line(anonymous_id, event))
   [anonymous_chunk] = [value.value[1] for value in anonymous.drain()]
-  fn = features._AttachFn(shards=3)
+  fn = batch_profiles._AttachFn(Sharding(shards=3))
   fn.start_bundle()
   out = list(fn.process((0, {'anonymous': [anonymous_chunk], 'links': link_chunks})))
   out += [value.value for value in fn.finish_bundle()]
-  attached = {customer: sorted(e['message_id'] for e in features.decoded(lines))
-              for customer, lines in features.customer_lines(chunk for _, chunk in out).items()}
+  attached = {customer: sorted(e['message_id'] for e in batch_profiles.decoded(lines))
+              for customer, lines in batch_profiles.customer_lines(
+                  chunk for _, chunk in out).items()}
   assert attached == {'early-user': ['m1'], 'c2': ['m2']}

@@ -16,12 +16,12 @@ from google.cloud import bigquery
 import schemas
 from transforms import metrics
 from transforms.rules import dead_letters
+from transforms.settings import (FILE_LOADS, STORAGE_WRITE_API, STREAMING_INSERTS, WRITE_METHODS,
+                                 BigQueryTarget)
 from transforms.sinks import bigquery_client
 
-STREAMING_INSERTS = 'STREAMING_INSERTS'
-FILE_LOADS = 'FILE_LOADS'
-STORAGE_WRITE_API = 'STORAGE_WRITE_API'
-WRITE_METHODS = (STREAMING_INSERTS, FILE_LOADS, STORAGE_WRITE_API)
+__all__ = ['FILE_LOADS', 'SINK_REJECTED', 'STORAGE_WRITE_API', 'STREAMING_INSERTS',
+           'WRITE_METHODS', 'BigQueryTarget', 'WriteTable', 'ensure_tables', 'table_definition']
 SINK_REJECTED = 'sink_rejected'
 
 _log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class _RejectedToDeadLetterFn(beam.DoFn):
 
 
 class WriteTable(beam.PTransform):
-  """Writes records of `record` (a schema in `schemas/`) to `project:dataset.<table>`.
+  """Writes records of `record` (a schema in `schemas/`) to `<table>` of the `target` dataset.
 
   Input: records shaped like `schemas/<record>.avsc` (times as epoch microseconds, JSON columns as
   Python objects). Output: dead-letter records for rows BigQuery rejected permanently (transient
@@ -102,21 +102,14 @@ class WriteTable(beam.PTransform):
   BIGQUERY_EMULATOR_HOST is set every call goes to the emulator.
   """
 
-  def __init__(self, record: str, project: str, dataset: str, method: str = STREAMING_INSERTS,
-               temp_location: str | None = None):
+  def __init__(self, record: str, target: BigQueryTarget):
     super().__init__()
-    if method not in WRITE_METHODS:
-      raise ValueError(f'unknown BigQuery write method {method!r}: use one of {WRITE_METHODS}')
-    if not project or not dataset:
-      raise ValueError('WriteTable needs a project and a dataset')
-    if method == FILE_LOADS and not temp_location:
-      raise ValueError('FILE_LOADS needs a temp_location for its load files')
     self._record = record
     self._table = schemas.table_id(record)
-    self._project = project
-    self._dataset = dataset
-    self._method = method
-    self._temp_location = temp_location
+    self._project = target.project
+    self._dataset = target.dataset
+    self._method = target.method
+    self._temp_location = target.temp_location
 
   def expand(self, pcoll):
     write = WriteToBigQuery(

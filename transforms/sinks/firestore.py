@@ -12,6 +12,7 @@ from google.api_core import retry as api_retry
 
 from transforms import metrics
 from transforms.rules import dead_letters
+from transforms.settings import FirestoreLocation, FirestoreRetry
 
 MAX_BATCH_WRITES = 500  # Firestore's limit of writes per commit.
 INVALID_DOCUMENT_ID = 'invalid_document_id'
@@ -21,7 +22,6 @@ MAX_PRECONDITION_ATTEMPTS = 5
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_RETRY_SECONDS = 120.0
 # Errors worth retrying: Firestore unreachable or overloaded, or a call that timed out.
 _TRANSIENT = (api_exceptions.ServiceUnavailable, api_exceptions.DeadlineExceeded,
               api_exceptions.InternalServerError, api_exceptions.Aborted,
@@ -84,12 +84,11 @@ class _CommitBatchFn(beam.DoFn):
   Outputs `(document id, document, written_at)` for every document written.
   """
 
-  def __init__(self, project: str, database: str, collection: str,
-               retry_seconds: float = DEFAULT_RETRY_SECONDS):
-    self._retry_seconds = retry_seconds
-    self._project = project
-    self._database = database
-    self._collection = collection
+  def __init__(self, location: FirestoreLocation, retry: FirestoreRetry):
+    self._retry_seconds = retry.seconds
+    self._project = location.project
+    self._database = location.database
+    self._collection = location.collection
     self._client = None
     self._written = metrics.counter(metrics.DOCUMENTS_WRITTEN)
     self._deleted = metrics.counter(metrics.DOCUMENTS_DELETED)
@@ -183,29 +182,21 @@ class _WriteOutputs(typing.NamedTuple):
 
 
 class WriteDocuments(beam.PTransform):
-  """Writes `(document id, document or None)` pairs to `collection`, up to 500 per commit.
+  """Writes `(document id, document or None)` pairs to the `location` collection, up to 500 per
+  commit.
 
   A document replaces the stored one (unless the stored one reflects newer events) and gets
   `updated_at` = commit time; None deletes the stored document (consent withdrawn). Output: a
   tuple with `written` — `(document id, document, written_at micros)` per document written — and
   `dead_letter` for ids Firestore cannot store. Honours FIRESTORE_EMULATOR_HOST. Transient
-  Firestore errors are retried with backoff for up to `retry_seconds` (counted in
+  Firestore errors are retried with backoff for up to `retry.seconds` (counted in
   `firestore_retries`); after that the bundle fails with FirestoreUnavailable, never silently.
   """
 
-  def __init__(self, project: str, collection: str, database: str = '(default)',
-               retry_seconds: float = DEFAULT_RETRY_SECONDS):
+  def __init__(self, location: FirestoreLocation, retry: FirestoreRetry = FirestoreRetry()):
     super().__init__()
-    if retry_seconds <= 0:
-      raise ValueError(f'retry_seconds must be positive, got {retry_seconds}')
-    self._retry_seconds = retry_seconds
-    if not project or not collection:
-      raise ValueError('WriteDocuments needs a project and a collection')
-    if '/' in collection:
-      raise ValueError(f'collection must be a top-level collection name, got {collection!r}')
-    self._project = project
-    self._collection = collection
-    self._database = database
+    self._location = location
+    self._retry = retry
 
   def expand(self, pcoll):
     checked = pcoll | 'CheckIds' >> beam.ParDo(_CheckIdFn()).with_outputs(
@@ -213,7 +204,5 @@ class WriteDocuments(beam.PTransform):
     written = (checked.documents
                | 'Batch' >> beam.BatchElements(min_batch_size=MAX_BATCH_WRITES,
                                                max_batch_size=MAX_BATCH_WRITES)
-               | 'Commit' >> beam.ParDo(
-                   _CommitBatchFn(self._project, self._database, self._collection,
-                                  self._retry_seconds)))
+               | 'Commit' >> beam.ParDo(_CommitBatchFn(self._location, self._retry)))
     return _WriteOutputs(written, checked.dead_letter)

@@ -6,7 +6,7 @@ import orjson
 
 import schemas
 from transforms import metrics
-from transforms.rules import resources
+from transforms.settings import TriggersTopic
 
 
 class _PublishFn(beam.DoFn):
@@ -39,16 +39,12 @@ class _PublishFn(beam.DoFn):
 
 
 class PublishRecords(beam.PTransform):
-  """Publishes records of `record` (a schema in `schemas/`) to a Pub/Sub topic
-  (`projects/P/topics/T`) as JSON objects (times RFC 3339, nested fields as objects).
-  Input: records. Output: nothing."""
+  """Publishes records of `record` (a schema in `schemas/`) to the Pub/Sub `topic` as JSON
+  objects (times RFC 3339, nested fields as objects). Input: records. Output: nothing."""
 
-  def __init__(self, topic: str, record: str = 'cart_triggers'):
+  def __init__(self, topic: TriggersTopic, record: str = 'cart_triggers'):
     super().__init__()
-    problem = resources.pubsub_path_problem(topic, 'topic')
-    if problem:
-      raise ValueError(f'topic {problem}')
-    self._topic = topic
+    self._topic = topic.path
     self._record = record
 
   def expand(self, pcoll):

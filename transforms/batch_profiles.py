@@ -1,75 +1,66 @@
-"""Per-customer features: identity stitching, product popularity, and the profile fold rendered
-into serving documents with the CRM and catalog as side inputs."""
+"""The batch half of the profile: identity stitching over the whole input, product popularity,
+and the profile fold of each customer's events rendered into a serving document with the CRM and
+catalog as side inputs.
+
+Same rules as streaming (transforms.rules.identity, transforms.rules.profile); only the way
+events reach them differs: all of a customer's events at once, grouped in compressed chunks per
+shard of customer ids (transforms/shards.py, line formats in transforms/line_formats.py).
+"""
 from __future__ import annotations
 
 import typing
 
 import apache_beam as beam
-import orjson
 from apache_beam.pvalue import AsDict, AsSingleton
 from apache_beam.transforms.window import GlobalWindows
 
 import schemas
-from transforms import metrics
-from transforms.live_profiles import (DEFAULT_FLUSH_SECONDS, DEFAULT_IDENTITY_BUFFER_HOURS,
-                                      DEFAULT_POPULARITY_WINDOW_HOURS, DEFAULT_REFRESH_MINUTES,
-                                      FoldLive, LivePopularity, StitchLive)
+from transforms import line_formats, metrics
 from transforms.rules import identity, profile, serving
-from transforms.shards import DEFAULT_SHARDS, ChunkBuffer, records
+from transforms.settings import Sharding
+from transforms.shards import ChunkBuffer, records
 
 
-class ProfileOutputs(typing.NamedTuple):
-  documents: beam.PCollection   # (customer_id, document or None)
-  triggers: beam.PCollection    # cart trigger records (schemas/cart_triggers.avsc)
-  popularity: beam.PCollection  # streaming: (product_id, popularity document); batch: empty
-
-
-def fold_line(event: dict) -> bytes:
-  """What the group by customer carries of an event: the products it shows interest in
-  (`profile.interacted_products`, a JSON list: what popularity reads, without decoding the
-  rest), a tab, the encoded fold input (`profile.fold_input`)."""
-  return (orjson.dumps(profile.interacted_products(event)) + b'\t'
-          + schemas.encode_record('events', profile.fold_input(event)))
-
-
-def customer_line(customer_id: str, line: bytes) -> bytes:
-  """One line of a customer-shard chunk: the customer id as a JSON string (JSON escapes tabs and
-  newlines, so it holds neither), a tab, the event's `fold_line`."""
-  return orjson.dumps(customer_id) + b'\t' + line
+def fold_line(key: str, event: dict) -> bytes:
+  """What the group by customer carries of an event, under `key` (its customer id, or its
+  anonymous id until it is stitched): the products it shows interest in (what popularity reads,
+  without decoding the rest) and the encoded fold input (`profile.fold_input`)."""
+  return line_formats.encode_fold(key, profile.interacted_products(event),
+                                  schemas.encode_record('events', profile.fold_input(event)))
 
 
 class _RouteFn(beam.DoFn):
-  """Batch: events -> fold inputs of identified events in chunks per shard of customer ids (main
-  output: `(shard, chunk)` of `customer_line`s); fold inputs of anonymous events in chunks per
-  shard of anonymous ids (`anonymous`, `customer_line`s under the anonymous id); the bundle's
-  earliest link per anonymous id, in chunks per shard of anonymous ids (`links`, `_link_line`s).
+  """Batch: events -> fold lines of identified events in chunks per shard of customer ids (main
+  output: `(shard, chunk)`); fold lines of anonymous events, under the anonymous id, in chunks
+  per shard of anonymous ids (`anonymous`); the bundle's earliest link per anonymous id, as link
+  lines in chunks per shard of anonymous ids (`links`).
 
   The fold input (`profile.fold_input`, `schemas.encode_record`) is what the fold, popularity and
-  the catalog check read: about a third of the event, and all that the shuffles after this step
-  carry. One step over every event for what took five (links, their pre-combine, attribution with
-  a side input, encoding, chunking): each step over every event costs a few microseconds per
-  event on the FnApiRunner, and a DoFn with a side input about 20 (docs/PERFORMANCE.md).
-  Global window only (batch).
+  the catalog check read, and all that the shuffles after this step carry. One step over every
+  event for what took five (links, their pre-combine, attribution with a side input, encoding,
+  chunking): each step over every event costs a runner per-element work, and a DoFn with a side
+  input much more (docs/PERFORMANCE.md). Global window only (batch).
   """
 
   # Links kept per bundle before they are flushed into chunks (bounded like the hourly partial
   # sums: transforms/windows.py, _HourPartialsFn).
   MAX_LINKS = 20_000
 
-  def __init__(self, shards: int):
-    self._shards = shards
+  def __init__(self, sharding: Sharding):
+    self._sharding = sharding
     self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
 
   def start_bundle(self):
-    self._identified = ChunkBuffer(self._shards)
-    self._anonymous = ChunkBuffer(self._shards)
-    self._link_chunks = ChunkBuffer(self._shards)
+    self._identified = ChunkBuffer(self._sharding)
+    self._anonymous = ChunkBuffer(self._sharding)
+    self._link_chunks = ChunkBuffer(self._sharding)
     self._links: dict[str, tuple] = {}
 
   def _flush_links(self):
     links, self._links = self._links, {}
     for anonymous_id, candidate in links.items():
-      chunk = self._link_chunks.add(anonymous_id, _link_line(anonymous_id, candidate))
+      chunk = self._link_chunks.add(anonymous_id,
+                                    line_formats.encode_link(anonymous_id, candidate))
       if chunk is not None:
         yield chunk
 
@@ -85,11 +76,11 @@ class _RouteFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput('links', chunk)
     user_id, anonymous_id = event.get('user_id'), event.get('anonymous_id')
     if user_id:
-      chunk = self._identified.add(user_id, customer_line(user_id, fold_line(event)))
+      chunk = self._identified.add(user_id, fold_line(user_id, event))
       if chunk is not None:
         yield chunk
     elif anonymous_id:
-      chunk = self._anonymous.add(anonymous_id, customer_line(anonymous_id, fold_line(event)))
+      chunk = self._anonymous.add(anonymous_id, fold_line(anonymous_id, event))
       if chunk is not None:
         yield beam.pvalue.TaggedOutput('anonymous', chunk)
     else:
@@ -105,40 +96,35 @@ class _RouteFn(beam.DoFn):
       yield beam.pvalue.TaggedOutput('links', chunk)
 
 
-def _link_line(anonymous_id: str, candidate: tuple[int, str]) -> bytes:
-  return orjson.dumps([anonymous_id, candidate[0], candidate[1]])
-
-
 class _AttachFn(beam.DoFn):
   """(anonymous-id shard, {'anonymous': chunks, 'links': chunks}) -> the shard's anonymous fold
-  inputs under the userId each anonymous id is linked to (earliest link wins), in chunks per
+  lines under the userId each anonymous id is linked to (earliest link wins), in chunks per
   shard of customer ids; counts the events of anonymous ids never linked. Global window only."""
 
-  def __init__(self, shards: int):
-    self._shards = shards
+  def __init__(self, sharding: Sharding):
+    self._sharding = sharding
     self._stitched = metrics.counter(metrics.EVENTS_STITCHED)
     self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
 
   def start_bundle(self):
-    self._chunks = ChunkBuffer(self._shards)
+    self._chunks = ChunkBuffer(self._sharding)
 
   def process(self, element):
     _, grouped = element
     links: dict[str, tuple] = {}
     for line in records(grouped['links']):
-      anonymous_id, at, user_id = orjson.loads(line)
+      anonymous_id, candidate = line_formats.decode_link(line)
       known = links.get(anonymous_id)
-      links[anonymous_id] = (at, user_id) if known is None else identity.earliest(
-          [known, (at, user_id)])
+      links[anonymous_id] = candidate if known is None else identity.earliest([known, candidate])
     stitched = unlinked = 0
     for line in records(grouped['anonymous']):
-      cut = line.index(b'\t')
-      won = links.get(orjson.loads(line[:cut]))
+      anonymous_id, products, record = line_formats.decode_fold(line)
+      won = links.get(anonymous_id)
       if won is None:
         unlinked += 1
         continue
       stitched += 1
-      chunk = self._chunks.add(won[1], customer_line(won[1], line[cut + 1:]))
+      chunk = self._chunks.add(won[1], line_formats.encode_fold(won[1], products, record))
       if chunk is not None:
         yield chunk
     self._stitched.inc(stitched)
@@ -150,12 +136,12 @@ class _AttachFn(beam.DoFn):
 
 def customer_lines(chunks) -> dict[str, list[bytes]]:
   """A customer shard's chunks -> {customer_id: encoded fold inputs}. Decode them with
-  `decoded` one customer at a time: holding a whole shard decoded (about 15 Python objects per
-  event) makes the garbage collector rescan them over and over."""
+  `decoded` one customer at a time: holding a whole shard decoded makes the garbage collector
+  rescan it over and over (docs/PERFORMANCE.md, "Python's garbage collector")."""
   grouped: dict[str, list[bytes]] = {}
   for line in records(chunks):
-    customer_id, _, encoded = line.split(b'\t', 2)
-    grouped.setdefault(orjson.loads(customer_id), []).append(encoded)
+    customer_id, _, encoded = line_formats.decode_fold(line)
+    grouped.setdefault(customer_id, []).append(encoded)
   return grouped
 
 
@@ -175,23 +161,22 @@ class StitchIdentities(beam.PTransform):
 
   The links are joined to the anonymous events per shard of anonymous ids (a CoGroupByKey of
   chunks), so only anonymous events take the extra shuffle and no step over every event reads a
-  side input. Everything travels in compressed chunks (`transforms/shards.py`): on 1,000,000
-  events on the FnApiRunner, the graph peaked at 2,072 MiB with a GroupByKey of one element per
-  event here (1,792 MiB in that stage alone), 1,344 MiB with the chunks.
-  Batch only: the links come from the whole bounded input. Streaming stitches with a replay
-  buffer instead (transforms.live_profiles.StitchLive).
+  side input. Everything travels in compressed chunks cut by `sharding` (transforms/shards.py),
+  which keeps the runner's memory far below a GroupByKey of one element per event
+  (docs/PERFORMANCE.md has the peaks measured). Batch only: the links come from the whole
+  bounded input. Streaming stitches with a replay buffer instead (live_profiles.StitchLive).
   """
 
-  def __init__(self, shards: int = DEFAULT_SHARDS):
+  def __init__(self, sharding: Sharding = Sharding()):
     super().__init__()
-    self._shards = shards
+    self._sharding = sharding
 
   def expand(self, events):
-    routed = events | 'Route' >> beam.ParDo(_RouteFn(self._shards)).with_output_types(
+    routed = events | 'Route' >> beam.ParDo(_RouteFn(self._sharding)).with_output_types(
         tuple[int, bytes]).with_outputs('links', 'anonymous', main='identified')
     attached = ({'anonymous': routed.anonymous, 'links': routed.links}
                 | 'JoinLinks' >> beam.CoGroupByKey()
-                | 'Attach' >> beam.ParDo(_AttachFn(self._shards)).with_output_types(
+                | 'Attach' >> beam.ParDo(_AttachFn(self._sharding)).with_output_types(
                     tuple[int, bytes]))
     return ((routed.identified, attached)
             | 'Attributed' >> beam.Flatten()
@@ -203,11 +188,11 @@ def _shard_products(element):
   """(shard, chunks) -> (product_id, distinct customers of the shard who viewed, added or bought
   it): from each line's product list, without decoding the fold inputs."""
   _, chunks = element
-  products: dict[bytes, set] = {}
+  products: dict[str, set] = {}
   for line in records(chunks):
-    customer_id, interacted, _ = line.split(b'\t', 2)
-    if interacted != b'[]':
-      products.setdefault(customer_id, set()).update(orjson.loads(interacted))
+    customer_id, interacted, _ = line_formats.decode_fold(line)
+    if interacted:
+      products.setdefault(customer_id, set()).update(interacted)
   counts: dict[str, int] = {}
   for interacted in products.values():
     for product_id in interacted:
@@ -310,55 +295,31 @@ class _FoldRenderFn(beam.DoFn):
       yield customer_id, document
 
 
-class BuildProfiles(beam.PTransform):
-  """Folds each customer's events into a serving document.
+class BatchProfiles(beam.PTransform):
+  """Folds each customer's events of a bounded input into a serving document.
 
-  Input: deduplicated event records (global window). Side data: `customers` (CRM records),
-  `catalog` (product records), either may be None. Output: a tuple with `documents` —
+  Input: deduplicated event records (global window). Side data: `customers` (CRM records) and
+  `catalog` (product records), PCollections or None. Output: a tuple with `documents` —
   `(customer_id, document)` pairs, the document None when consent forbids one (the writer deletes
   it) — and `triggers` (cart-abandonment records).
 
-  Batch: events are stitched to customers, grouped and folded once; the reference time is
-  `as_of` or the newest event time; popularity counts distinct customers over the whole input.
-  Streaming (transforms/live_profiles.py): anonymous events stitched with a replay buffer,
-  per-customer state, documents rendered at processing time per burst and when a cart becomes
-  abandoned; the CRM and catalog are re-read from `customers_pattern` / `catalog_pattern` every
-  `refresh_minutes` (transforms/reference_data.py), and so is product popularity, which this
-  transform counts over a sliding window (`popularity` output) and the graph writes to the
-  `popularity_source` collection. A customer's document is rendered at most once per
-  `flush_seconds` of processing time.
+  Events are stitched to customers, grouped (in chunks cut by `sharding`) and folded once; the
+  reference time is `as_of_micros` or the newest event time; recommendations rank by product
+  popularity counted over the whole input (distinct customers).
   """
 
-  def __init__(self, streaming: bool = False, settings: profile.Settings = profile.Settings(),
-               customers=None, catalog=None, as_of_micros: int | None = None,
-               identity_buffer_hours: float = DEFAULT_IDENTITY_BUFFER_HOURS,
-               customers_pattern: str | None = None, catalog_pattern: str | None = None,
-               refresh_minutes: float = DEFAULT_REFRESH_MINUTES,
-               popularity_source: tuple[str, str, str] | None = None,
-               popularity_window_hours: float = DEFAULT_POPULARITY_WINDOW_HOURS,
-               flush_seconds: float = DEFAULT_FLUSH_SECONDS, shards: int = DEFAULT_SHARDS):
+  def __init__(self, settings: profile.Settings = profile.Settings(),
+               sharding: Sharding = Sharding(), as_of_micros: int | None = None,
+               customers: beam.PCollection | None = None,
+               catalog: beam.PCollection | None = None):
     super().__init__()
-    self._shards = shards
-    self._flush_seconds = flush_seconds
-    self._popularity_source = popularity_source
-    self._popularity_window_hours = popularity_window_hours
-    self._identity_buffer_hours = identity_buffer_hours
-    self._patterns = (customers_pattern, catalog_pattern)
-    self._refresh_minutes = refresh_minutes
-    self._streaming = streaming
     self._settings = settings
+    self._sharding = sharding
+    self._as_of = as_of_micros
     self._customers = customers
     self._catalog = catalog
-    self._as_of = as_of_micros
 
   def expand(self, events):
-    if self._streaming:
-      attributed = events | 'StitchLive' >> StitchLive(self._identity_buffer_hours)
-      live = attributed | 'FoldLive' >> FoldLive(
-          self._settings, self._flush_seconds, customers=self._patterns[0], catalog=self._patterns[1],
-          refresh_minutes=self._refresh_minutes, popularity=self._popularity_source)
-      popularity = attributed | 'LivePopularity' >> LivePopularity(self._popularity_window_hours)
-      return ProfileOutputs(live.documents, live.triggers, popularity)
     pipeline = events.pipeline
     customers = self._customers if self._customers is not None else (
         pipeline | 'NoCustomers' >> beam.Create([]))
@@ -366,7 +327,7 @@ class BuildProfiles(beam.PTransform):
         pipeline | 'NoCatalog' >> beam.Create([]))
     # The groups stay compressed: two steps read them (popularity, then the fold with the
     # popularity-ranked recommender as a side input), so the runner materialises them in between.
-    grouped = events | 'StitchIdentities' >> StitchIdentities(self._shards)
+    grouped = events | 'StitchIdentities' >> StitchIdentities(self._sharding)
     popularity = grouped | 'ProductPopularity' >> CustomerProductPopularity()
     catalog_by_id = catalog | 'CatalogById' >> beam.Map(lambda p: (p['product_id'], p))
     recommender = (pipeline
@@ -375,13 +336,11 @@ class BuildProfiles(beam.PTransform):
                                                     catalog=AsDict(catalog_by_id),
                                                     popularity=AsDict(popularity)))
     reference = events | 'ReferenceTime' >> ReferenceTime(self._as_of)
-    out = (grouped
-           | 'FoldAndRender' >> beam.ParDo(
-               _FoldRenderFn(self._settings),
-               customers=AsDict(customers | 'CustomersById' >> beam.Map(
-                   lambda c: (c['customer_id'], c))),
-               catalog=AsDict(catalog_by_id),
-               recommender=AsSingleton(recommender),
-               reference_time=AsSingleton(reference)).with_outputs('triggers', main='documents'))
-    return ProfileOutputs(out.documents, out.triggers,
-                          pipeline | 'NoLivePopularity' >> beam.Create([]))
+    return (grouped
+            | 'FoldAndRender' >> beam.ParDo(
+                _FoldRenderFn(self._settings),
+                customers=AsDict(customers | 'CustomersById' >> beam.Map(
+                    lambda c: (c['customer_id'], c))),
+                catalog=AsDict(catalog_by_id),
+                recommender=AsSingleton(recommender),
+                reference_time=AsSingleton(reference)).with_outputs('triggers', main='documents'))
