@@ -74,7 +74,7 @@ def document_line(pair) -> bytes:
 
 def _write_lines(path: pathlib.Path, lines) -> None:
   """One line at a time: a list of every line first would hold each bytes object orjson returns,
-  and each keeps its whole output buffer (about 8 KB for a 1 KB event line)."""
+  and each keeps its whole output buffer (docs/PERFORMANCE.md, "orjson's output buffers")."""
   with open(path, 'wb') as out:
     for line in lines:
       out.write(line)

@@ -19,9 +19,9 @@ class DocumentStore:
 
   Lookups are micro-batched: ids asked for within `window` seconds share one `get_all` of up to
   100 documents, concurrent requests for the same id share one fetch, at most `max_calls` fetches
-  run at once, and each has a `timeout`. Measured here, one `get_all` per request cost 1.4 ms of
-  CPU per document against 0.7 ms batched, and hundreds of concurrent single-document calls
-  stalled the server; batching bounds both.
+  run at once, and each has a `timeout`. One `get_all` per request cost more CPU per document
+  than a batched one, and hundreds of concurrent single-document calls stalled the server;
+  batching bounds both (docs/PERFORMANCE.md, "ESP connector").
   """
 
   def __init__(self, project: str, database: str, collection: str, window: float = 0.002,
@@ -90,10 +90,10 @@ class DocumentStore:
   async def _get_all(self, collection, ids: list[str]) -> dict[str, dict]:
     """One BatchGetDocuments call, decoded from the raw protobuf.
 
-    Why not `client.get_all(...)` and `snapshot.to_dict()`: measured here with the serving
-    documents, the library's decoding through proto-plus wrappers cost about 0.8 ms of CPU per
-    document against under 0.1 ms for `decode_fields` below, and cache misses are the connector's
-    latency tail. The call itself is the library's own (its GAPIC client, retries, emulator
+    Why not `client.get_all(...)` and `snapshot.to_dict()`: the library's decoding through
+    proto-plus wrappers cost several times the CPU of `decode_fields` below per document, and
+    cache misses are the connector's latency tail (docs/PERFORMANCE.md, "ESP connector"). The
+    call itself is the library's own (its GAPIC client, retries, emulator
     metadata); only the decoding is ours. Times come back as ISO-8601 strings, as served.
     """
     prefix = f'{self._client._database_string}/documents/{collection.id}/'

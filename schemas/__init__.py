@@ -192,9 +192,10 @@ def _decimal_fields(name: str) -> tuple[str, ...]:
 def encode_record(name: str, record: dict) -> bytes:
   """An in-pipeline record of `name` as compact bytes, for the shuffles of a Beam graph.
 
-  orjson rather than Beam's default coder for dicts (FastPrimitivesCoder): measured on parsed
-  events, 29.5 us to encode and decode one against about 10 us here. The batch graph encodes
-  events for its dedupe and cut-down events (`profile.fold_input`) for its group by customer.
+  orjson rather than Beam's default coder for dicts (FastPrimitivesCoder), which costs several
+  times more per event (docs/PERFORMANCE.md, "Events travel as orjson bytes"). The batch graph
+  encodes events for its dedupe and cut-down events (`profile.fold_input`) for its group by
+  customer.
   Decimal fields travel as exact text; `decode_record` restores them. Nested values must be JSON
   types (they come from parsed JSON).
   """

@@ -3,9 +3,9 @@ pair per format; nothing else splits these bytes.
 
 A chunk joins lines with newlines, so no line holds a raw newline: every field is JSON (orjson
 escapes tabs and newlines inside strings) or a record encoded by `schemas.encode_record` (JSON
-too), and a tab separates the fields, in front of the record, which may be long and is
-decoded only when needed. The headers in front of a record let a step choose or route lines
-without decoding the records (docs/PERFORMANCE.md says what that saves).
+too). Fields are separated by tabs and an encoded record comes last, so a step reads the small
+fields in front of it (a message id, a customer id, a product list) without decoding the record
+(docs/PERFORMANCE.md says what that saves).
 """
 from __future__ import annotations
 

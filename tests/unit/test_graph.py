@@ -1,6 +1,12 @@
-"""The assembled graph (without cloud sinks) on generated data: everything read is accounted for."""
+"""The assembled graph (without cloud sinks) on generated data: everything read is accounted for;
+the graph's shape: one fork, stable step labels, small constructors."""
+import importlib
+import inspect
+import pkgutil
+
 import apache_beam as beam
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline import graph
@@ -59,3 +65,50 @@ def test_graph_requires_event_patterns():
   p = batch_pipeline()
   with pytest.raises(ValueError, match='--events is required'):
     graph.build_outputs(p, p.options.view_as(PersonalizationOptions))
+
+
+def _step_names(p) -> set[str]:
+  return {t.unique_name for t in p.to_runner_api().components.transforms.values()}
+
+
+def test_the_graph_forks_once_under_the_same_step_labels(sample):
+  # Construction only (nothing runs): each mode applies its own composites under the labels
+  # Dataflow matches on update; batch writes no popularity collection (it has none).
+  data, _ = sample
+  shared = {'ReadEvents', 'ParseEvents', 'DedupeEvents', 'HourlyActivity', 'BuildProfiles',
+            'WriteEvents', 'WriteHourlyActivity', 'WriteDocuments', 'WriteProfiles',
+            'WriteTriggers', 'WriteDeadLetters'}
+  p = batch_pipeline()
+  opts = p.options.view_as(PersonalizationOptions)
+  opts.events = f'{data}/events-*.ndjson.gz'
+  assert graph.build(p, opts, 'demo-local').popularity is None
+  names = _step_names(p)
+  assert shared | {'DedupeEvents/KeepFirst', 'HourlyActivity/ToHourRows',
+                   'BuildProfiles/FoldAndRender'} <= names
+  assert not {n for n in names if 'Popularity' in n and not n.startswith('BuildProfiles/')}
+  assert not {n for n in names if 'LivePopularity' in n or 'AssignEventTime' in n}
+
+  options = PipelineOptions(['--streaming', '--subscription=projects/demo-local/subscriptions/e',
+                             f'--events={data}/events-*.ndjson.gz',
+                             '--runner=BundleBasedDirectRunner', '--project=demo-local'])
+  p = beam.Pipeline(options=options)
+  assert graph.build(p, options.view_as(PersonalizationOptions), 'demo-local').popularity
+  names = _step_names(p)
+  assert shared | {'ReadPubSub', 'MergeSources', 'AssignEventTime', 'DedupeEvents/FirstSeen',
+                   'HourlyActivity/HourlyWindows', 'BuildProfiles/StitchLive',
+                   'BuildProfiles/FoldLive', 'BuildProfiles/LivePopularity',
+                   'WritePopularity'} <= names
+
+
+def test_no_composite_takes_a_streaming_flag_or_more_than_five_parameters():
+  import transforms
+  composites = []
+  for info in pkgutil.walk_packages(transforms.__path__, 'transforms.'):
+    module = importlib.import_module(info.name)
+    composites += [cls for _, cls in inspect.getmembers(module, inspect.isclass)
+                   if issubclass(cls, beam.PTransform) and cls.__module__ == module.__name__]
+  assert len(composites) > 15
+  for cls in composites:
+    parameters = list(inspect.signature(cls.__init__).parameters)[1:]
+    assert 'streaming' not in parameters, cls
+    assert len(parameters) <= 5, (cls, parameters)
