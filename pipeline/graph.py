@@ -41,42 +41,46 @@ class Outputs(typing.NamedTuple):
 
 
 def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
-  s = opts.graph_settings()
+  settings = opts.graph_settings()
+  files, reference_files = settings.sources.files, settings.reference
   customers = catalog = None
   dead = []
-  if s.reference.customers:
-    crm = p | 'ReadCustomers' >> ReadReference('customers', s.reference.customers,
+  if reference_files.customers:
+    crm = p | 'ReadCustomers' >> ReadReference('customers', reference_files.customers,
                                                 reference.parse_customer)
-    customers, dead = crm.records, dead + [crm.dead_letter]
-  if s.reference.catalog:
-    products = p | 'ReadCatalog' >> ReadReference('catalog', s.reference.catalog,
+    customers = crm.records
+    dead.append(crm.dead_letter)
+  if reference_files.catalog:
+    products = p | 'ReadCatalog' >> ReadReference('catalog', reference_files.catalog,
                                                   reference.parse_product)
-    catalog, dead = products.records, dead + [products.dead_letter]
+    catalog = products.records
+    dead.append(products.dead_letter)
 
-  if opts.view_as(StandardOptions).streaming:
+  streaming = opts.view_as(StandardOptions).streaming
+  if streaming:
     cloud = opts.cloud_settings()
-    reads = [p | 'ReadPubSub' >> ReadPubSubEvents(s.sources.pubsub)]
-    if s.sources.files:
-      reads.append(p | 'ReadEvents' >> ReadWholeEventFiles(s.sources.files))
+    reads = [p | 'ReadPubSub' >> ReadPubSubEvents(settings.sources.pubsub)]
+    if files:
+      reads.append(p | 'ReadEvents' >> ReadWholeEventFiles(files))
     raw = reads[0] if len(reads) == 1 else reads | 'MergeSources' >> beam.Flatten()
-    parsed = raw | 'ParseEvents' >> ParseEvents(s.parse)
-    events = parsed.events | 'DedupeEvents' >> DedupeStream(s.dedupe, cloud.bigquery)
+    parsed = raw | 'ParseEvents' >> ParseEvents(settings.parse)
+    events = parsed.events | 'DedupeEvents' >> DedupeStream(settings.dedupe, cloud.bigquery)
     hourly = (events
               | 'AssignEventTime' >> AssignEventTime()
-              | 'HourlyActivity' >> HourlyWindowed(s.hourly))
-    profiles = events | 'BuildProfiles' >> LiveProfiles(s.profile, s.live, s.reference,
-                                                         cloud.popularity)
+              | 'HourlyActivity' >> HourlyWindowed(settings.hourly))
+    profiles = events | 'BuildProfiles' >> LiveProfiles(settings.profile, settings.live,
+                                                         reference_files, cloud.popularity)
     popularity = profiles.popularity
   else:
     parsed = (p
-              | 'ReadEvents' >> ReadEventFiles(s.sources.files)
-              | 'ParseEvents' >> ParseEvents(s.parse))
-    events = parsed.events | 'DedupeEvents' >> DedupeBatch(s.sharding)
+              | 'ReadEvents' >> ReadEventFiles(files)
+              | 'ParseEvents' >> ParseEvents(settings.parse))
+    events = parsed.events | 'DedupeEvents' >> DedupeBatch(settings.sharding)
     # The hour comes from `event_time`: batch needs no element timestamps.
-    hourly = events | 'HourlyActivity' >> HourlyBatch(s.sharding)
-    profiles = events | 'BuildProfiles' >> BatchProfiles(s.profile, s.sharding, s.as_of_micros,
-                                                         customers, catalog)
-    popularity = None  # popularity is counted inside BatchProfiles, over the whole input
+    hourly = events | 'HourlyActivity' >> HourlyBatch(settings.sharding)
+    profiles = events | 'BuildProfiles' >> BatchProfiles(
+        settings.profile, settings.sharding, settings.as_of_micros, customers, catalog)
+    popularity = None  # counted inside BatchProfiles, over the whole input: nothing to write
 
   dead_letters = [parsed.dead_letter, *dead] | 'FlattenDeadLetters' >> beam.Flatten()
   return Outputs(events, dead_letters, hourly, profiles.documents, profiles.triggers,
