@@ -8,7 +8,7 @@ DATA ?= data/sample
 STACK_STATE ?= .localstack/demo
 STACK := $(PY) -m scripts.localstack --state-dir $(STACK_STATE)
 
-.PHONY: venv demo stream stop status data run test test-unit bench bench-1m bench-stages bench-connector bench-stream serve clean template-build template-run
+.PHONY: venv demo stream stop status data run test test-unit bench bench-1m bench-stages bench-live bench-connector bench-stream serve clean template-build template-run
 
 venv: $(VENV)/.installed $(BQ_VENV)/.installed
 
@@ -71,6 +71,11 @@ bench-1m: venv
 
 bench-stages: venv
 	$(PY) -m bench.stages
+
+## bench-live: the streaming composites on a bounded input on the FnApiRunner, against the batch
+## graph on the same 100,000 events (docs/PERFORMANCE.md).
+bench-live: venv
+	$(PY) -m bench.live
 
 bench-connector: venv
 	$(PY) -m bench.connector_load
