@@ -242,3 +242,24 @@ def test_interacted_products_for_popularity():
   assert profile.interacted_products(removed('p2', 0)) == []
   assert profile.interacted_products(order('o', 0, products=[
       {'product_id': 'p3'}, {'product_id': 7}, {'product_id': 'p3'}])) == ['7', 'p3']
+
+
+@pytest.mark.parametrize('fields, message', [
+    ({'cart_abandon_minutes': 0}, '--cart_abandon_minutes must be positive'),
+    ({'cart_abandon_minutes': float('nan')}, '--cart_abandon_minutes must be positive'),
+    ({'vip_lifetime_value': decimal.Decimal(-1)}, '--vip_lifetime_value must be zero or more'),
+    ({'vip_order_count': 0}, 'vip_order_count must be at least 1'),
+    ({'at_risk_days': -1}, 'at_risk_days must be positive')])
+def test_settings_are_checked_once_when_built(fields, message):
+  with pytest.raises(ValueError, match=message):
+    profile.Settings(**fields)
+
+
+def test_the_abandonment_rule_is_one_function_of_the_state():
+  state = profile.fold('c1', [added('p1', 0)])
+  due = profile.cart_abandoned_from(state, profile.Settings(cart_abandon_minutes=60))
+  assert due == T0 + 60 * MINUTE + 1
+  settings = profile.Settings(cart_abandon_minutes=60)
+  assert not profile.render(state, due - 1, settings=settings)['cart']['abandoned']
+  assert profile.render(state, due, settings=settings)['cart']['abandoned']
+  assert profile.cart_abandoned_from(profile.fold('c1', [view('p1', 0)]), settings) is None

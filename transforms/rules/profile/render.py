@@ -28,7 +28,8 @@ _PRODUCT_FIELDS = ('name', 'category', 'price', 'url', 'image_url')
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-  """The tunable rules (pipeline options of the same names), checked once when built."""
+  """The tunable rules, checked once when built (the first two are pipeline options of the same
+  names, and their messages name the option)."""
   cart_abandon_minutes: float = 60
   vip_lifetime_value: decimal.Decimal = decimal.Decimal(500)
   vip_order_count: int = 5
@@ -36,9 +37,9 @@ class Settings:
 
   def __post_init__(self):
     if not self.cart_abandon_minutes > 0:
-      raise ValueError(f'cart_abandon_minutes must be positive, got {self.cart_abandon_minutes}')
+      raise ValueError(f'--cart_abandon_minutes must be positive, got {self.cart_abandon_minutes}')
     if not decimal.Decimal(self.vip_lifetime_value) >= 0:
-      raise ValueError(f'vip_lifetime_value must be zero or more, got {self.vip_lifetime_value}')
+      raise ValueError(f'--vip_lifetime_value must be zero or more, got {self.vip_lifetime_value}')
     if self.vip_order_count < 1:
       raise ValueError(f'vip_order_count must be at least 1, got {self.vip_order_count}')
     if not self.at_risk_days > 0:
