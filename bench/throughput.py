@@ -123,7 +123,8 @@ def reference_loop(path: pathlib.Path, customers_path: pathlib.Path,
     found = identity.link(event)
     if found is not None:
       anonymous_id, candidate = found
-      links[anonymous_id] = min(links.get(anonymous_id, candidate), candidate)
+      if identity.wins(candidate, links.get(anonymous_id)):
+        links[anonymous_id] = candidate
   linked = {anonymous_id: won[1] for anonymous_id, won in links.items()}
   by_customer: dict[str, list] = {}
   popular: dict[str, set] = {}

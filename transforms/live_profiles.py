@@ -3,7 +3,8 @@ in per-customer state with coalesced writes and cart-abandonment timers, and pro
 over a sliding window.
 
 Same rules as batch (transforms.rules.identity, transforms.rules.profile); only the way events
-reach them differs: one at a time, in arrival order, with state in between.
+reach them differs: one at a time, in arrival order, with state in between. The fold's rules do
+not depend on that order (docs/DATA_CONTRACT.md, "Order of events", says where stitching can).
 """
 from __future__ import annotations
 
