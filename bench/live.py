@@ -225,8 +225,8 @@ def _in_child(side: str, path: pathlib.Path, out: pathlib.Path, shared_timer_nam
   """`_side` in a spawned process (own peak memory, no inherited heap); imports excluded."""
   context = multiprocessing.get_context('spawn')
   results = context.Queue()
-  child = context.Process(target=_side, args=(side, path, out, shared_timer_names,
-                                                       constant_weights, results))
+  child = context.Process(
+      target=_side, args=(side, path, out, shared_timer_names, constant_weights, results))
   child.start()
   while True:
     try:
