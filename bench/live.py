@@ -2,7 +2,7 @@
 batch graph on the same events.
 
     python -m bench.live [--events 100000] [--repeat 3] [--seed 42] [--workdir bench/results]
-                         [--shared_timer_names] [--constant_state_weights]
+                         [--constant_state_weights]
 
 Both sides read the same generated NDJSON.gz file, CRM export and catalog as `bench.throughput`
 (its `ensure_input`), and write their outputs as JSON lines with its sinks, on the FnApiRunner
@@ -29,10 +29,8 @@ two differences from a streaming runner. It releases a processing-time timer by 
 timestamp, which the Python SDK sets to the input element's timestamp (MIN_TIMESTAMP here), not
 by its firing time: every timer fires as soon as the bundles ready before it are done, and its
 callback sees the firing time it was set for. And it buffers a stage's timers by timer family id
-alone (apache/beam#21995): same-named timers of two DoFns in one fused stage all reach one of
-them. `FoldLive` and `LivePopularity` both name theirs `flush`, `DedupeStream` and `StitchLive`
-both `expiry`: `distinct_timer_families` renames them in this process before the run
-(`--shared_timer_names` runs them as they are, to see the effect).
+alone (apache/beam#21995), so the graph's stateful DoFns give their timers distinct names
+(tests/unit/test_graph.py checks it).
 """
 from __future__ import annotations
 
@@ -52,9 +50,7 @@ import typing
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.pipeline import PipelineVisitor
 from apache_beam.runners.worker import statecache
-from apache_beam.transforms import userstate
 from apache_beam.transforms.window import GlobalWindows
 
 from bench import throughput
@@ -90,48 +86,9 @@ def live_graph(events: beam.PCollection, settings: GraphSettings) -> LiveOutputs
   return LiveOutputs(unique, hourly, profiles.documents, profiles.triggers, profiles.popularity)
 
 
-class _StatefulDoFns(PipelineVisitor):
-
-  def __init__(self):
-    self.dofns = []
-
-  def visit_transform(self, applied):
-    if isinstance(applied.transform, beam.ParDo):
-      _, timers = userstate.get_dofn_specs(applied.transform.fn)
-      if timers:
-        self.dofns.append(applied.transform.fn)
-
-
-def distinct_timer_families(pipeline: beam.Pipeline) -> list[str]:
-  """Renames timer specs whose name another stateful DoFn class of `pipeline` also uses, to
-  `<name>-<class name>`, and returns what it renamed (`old -> new`).
-
-  A workaround for the FnApiRunner only (apache/beam#21995: it buffers the timers a fused stage
-  sets by timer family id, so same-named timers of two DoFns in one stage all reach one of them,
-  the other's never fire). Call it after building the graph and before running it: it changes
-  the specs of the DoFn classes in this process (a spec is a class attribute, shared by
-  `TimerParam` and `on_timer`), which the in-process FnApiRunner then uses.
-  """
-  visitor = _StatefulDoFns()
-  pipeline.visit(visitor)
-  classes_by_name = collections.defaultdict(set)
-  specs = {}
-  for dofn in visitor.dofns:
-    for spec in userstate.get_dofn_specs(dofn)[1]:
-      classes_by_name[spec.name].add(type(dofn))
-      specs[(type(dofn), spec.name)] = spec
-  renamed = []
-  for (cls, name), spec in sorted(specs.items(), key=lambda kv: (kv[0][1], kv[0][0].__name__)):
-    if len(classes_by_name[name]) > 1:
-      spec.name = f'{name}-{cls.__name__.lstrip("_")}'
-      renamed.append(f'{cls.__name__} {name} -> {spec.name}')
-  return renamed
-
-
 def run_live(path: pathlib.Path, customers_path: pathlib.Path, catalog_path: pathlib.Path,
-             out: pathlib.Path, shared_timer_names: bool = False) -> list[str]:
-  """The live side, with the sinks of `bench.throughput` (plus popularity documents); returns
-  the timer specs it renamed."""
+             out: pathlib.Path) -> None:
+  """The live side, with the sinks of `bench.throughput` (plus popularity documents)."""
   options = PipelineOptions(flags=[], runner='FnApiRunner', direct_num_workers=1)
   opts = options.view_as(PersonalizationOptions)
   opts.events = str(path)
@@ -156,8 +113,6 @@ def run_live(path: pathlib.Path, customers_path: pathlib.Path, catalog_path: pat
            | f'Serialise[{name}]' >> beam.ParDo(throughput._LineBlocksFn(to_line))
            | f'Write[{name}]' >> beam.io.WriteToText(str(out / name), file_name_suffix='.jsonl',
                                                      coder=beam.coders.BytesCoder()))
-    renamed = [] if shared_timer_names else distinct_timer_families(p)
-  return renamed
 
 
 def produced(out: pathlib.Path) -> dict:
@@ -203,30 +158,27 @@ def constant_state_weights() -> None:
   statecache.get_deep_size = lambda *objs: 1024
 
 
-def _side(side: str, path: pathlib.Path, out: pathlib.Path, shared_timer_names: bool,
-          constant_weights: bool, results) -> None:
-  """One side, in a fresh process: (wall seconds, CPU seconds, peak MiB, renamed timers)."""
+def _side(side: str, path: pathlib.Path, out: pathlib.Path, constant_weights: bool,
+          results) -> None:
+  """One side, in a fresh process: (wall seconds, CPU seconds, peak MiB)."""
   if constant_weights:
     constant_state_weights()
   shutil.rmtree(out, ignore_errors=True)
   customers, catalog = path.parent / 'customers.csv', path.parent / 'catalog.csv'
   cpu, start = _cpu_seconds(), time.perf_counter()
-  renamed = []
   if side == 'live':
-    renamed = run_live(path, customers, catalog, out, shared_timer_names)
+    run_live(path, customers, catalog, out)
   else:
     throughput.run_graph(path, customers, catalog, out)
-  results.put((time.perf_counter() - start, _cpu_seconds() - cpu, throughput._peak_rss_mb(),
-               renamed))
+  results.put((time.perf_counter() - start, _cpu_seconds() - cpu, throughput._peak_rss_mb()))
 
 
-def _in_child(side: str, path: pathlib.Path, out: pathlib.Path, shared_timer_names: bool,
-              constant_weights: bool):
+def _in_child(side: str, path: pathlib.Path, out: pathlib.Path, constant_weights: bool):
   """`_side` in a spawned process (own peak memory, no inherited heap); imports excluded."""
   context = multiprocessing.get_context('spawn')
   results = context.Queue()
   child = context.Process(
-      target=_side, args=(side, path, out, shared_timer_names, constant_weights, results))
+      target=_side, args=(side, path, out, constant_weights, results))
   child.start()
   while True:
     try:
@@ -242,23 +194,19 @@ def _in_child(side: str, path: pathlib.Path, out: pathlib.Path, shared_timer_nam
 
 
 def measure(events: int, repeat: int, seed: int, workdir: pathlib.Path,
-            shared_timer_names: bool = False, constant_weights: bool = False) -> dict:
+            constant_weights: bool = False) -> dict:
   """Runs both sides `repeat` times, alternating; returns the figures and what each produced."""
   path, manifest = throughput.ensure_input(workdir, events, seed)
   lines = manifest['lines_total']
   runs = {'live': [], 'batch': []}
-  renamed = []
   for i in range(repeat):
     for side in ('live', 'batch'):
-      wall, cpu, peak, names = _in_child(side, path, workdir / f'out-{side}', shared_timer_names,
-                                         constant_weights)
-      runs[side].append((wall, cpu, peak))
-      renamed = names or renamed
+      runs[side].append(_in_child(side, path, workdir / f'out-{side}', constant_weights))
     print(f'run {i + 1}/{repeat}: live {lines / runs["live"][-1][0]:,.0f} events/s, '
           f'batch {lines / runs["batch"][-1][0]:,.0f} events/s', file=sys.stderr)
   result = {'events': lines, 'repeat': repeat, 'runner': RUNNER,
             'python': platform.python_version(), 'beam': beam.__version__,
-            'renamed_timers': renamed, 'constant_state_weights': constant_weights}
+            'constant_state_weights': constant_weights}
   for side, measured in runs.items():
     result[f'{side}_events_per_s'] = round(lines / statistics.median(m[0] for m in measured))
     result[f'{side}_events_per_cpu_s'] = round(lines / statistics.median(m[1] for m in measured))
@@ -297,16 +245,12 @@ def main(argv=None) -> int:
   parser.add_argument('--repeat', type=int, default=3)
   parser.add_argument('--seed', type=int, default=42)
   parser.add_argument('--workdir', default='bench/results')
-  parser.add_argument('--shared_timer_names', action='store_true',
-                      help='Run the live DoFns with their timer names as they are (the '
-                           'FnApiRunner then mixes up same-named timers: apache/beam#21995).')
   parser.add_argument('--constant_state_weights', action='store_true',
                       help='Diagnostic: replace the SDK harness state cache\'s objsize sizing '
                            'of cached values by a constant weight (not what a worker runs).')
   args = parser.parse_args(argv)
   workdir = pathlib.Path(args.workdir)
-  result = measure(args.events, args.repeat, args.seed, workdir, args.shared_timer_names,
-                   args.constant_state_weights)
+  result = measure(args.events, args.repeat, args.seed, workdir, args.constant_state_weights)
   found = problems(result)
   result['problems'] = found
   suffix = '-constant-weights' if args.constant_state_weights else ''
@@ -326,9 +270,6 @@ def main(argv=None) -> int:
         f'batch {batch["events"]:,} events, {batch["dead_letter"]:,} dead letters, '
         f'{batch["hourly"]:,} hourly rows, {batch["documents"]:,} documents for '
         f'{batch["customers"]:,} customers, {batch["triggers"]:,} triggers')
-  if result['renamed_timers']:
-    print('timer families renamed for the FnApiRunner (apache/beam#21995): '
-          + '; '.join(result['renamed_timers']))
   if found:
     print('MISMATCH: ' + '; '.join(found))
     return 1

@@ -46,7 +46,9 @@ class _StitchLiveFn(beam.DoFn):
   # (event_time, user_id) of the winning link. A new state id: the former 'link' held a user id.
   LINK = ReadModifyWriteStateSpec('earliest_link', coders.PickleCoder())
   HELD = BagStateSpec('held', coders.PickleCoder())
-  EXPIRY = TimerSpec('expiry', TimeDomain.REAL_TIME)
+  # Timer names are distinct across the graph's stateful DoFns: the FnApiRunner routes a fused
+  # stage's timers by name alone (apache/beam#21995; tests/unit/test_graph.py checks it).
+  EXPIRY = TimerSpec('stitch_expiry', TimeDomain.REAL_TIME)
 
   def __init__(self, buffer_hours: float):
     self._buffer = Duration(seconds=buffer_hours * 3600)
@@ -212,7 +214,7 @@ class _PopularityFn(beam.DoFn):
   `(product_id, count)` at most once per `flush_seconds` burst and again when the oldest
   interaction leaves the window."""
   SEEN = ReadModifyWriteStateSpec('seen', coders.PickleCoder())
-  FLUSH = TimerSpec('flush', TimeDomain.REAL_TIME)
+  FLUSH = TimerSpec('popularity_flush', TimeDomain.REAL_TIME)  # distinct: see _StitchLiveFn
 
   def __init__(self, window_hours: float, flush_seconds: float):
     self._window = int(window_hours * 3600 * _MICROS)

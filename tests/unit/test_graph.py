@@ -8,6 +8,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import userstate
 
 from pipeline import graph
 from pipeline.options import PersonalizationOptions
@@ -112,3 +113,29 @@ def test_no_composite_takes_a_streaming_flag_or_more_than_five_parameters():
     parameters = list(inspect.signature(cls.__init__).parameters)[1:]
     assert 'streaming' not in parameters, cls
     assert len(parameters) <= 5, (cls, parameters)
+
+
+class _TimerNames(beam.pipeline.PipelineVisitor):
+
+  def __init__(self):
+    self.names = []
+
+  def visit_transform(self, applied):
+    if isinstance(applied.transform, beam.ParDo):
+      self.names += [spec.name for spec in userstate.get_dofn_specs(applied.transform.fn)[1]]
+
+
+def test_timer_names_are_distinct_across_the_streaming_graph(sample):
+  # The FnApiRunner routes the timers of a fused stage by timer name alone (apache/beam#21995):
+  # two stateful DoFns naming a timer alike would lose one's timers to the other (measured:
+  # documents for 39 of 70 customers, popularity keyed by customer ids).
+  data, _ = sample
+  options = PipelineOptions(['--streaming', '--subscription=projects/demo-local/subscriptions/e',
+                             f'--events={data}/events-*.ndjson.gz',
+                             '--runner=BundleBasedDirectRunner', '--project=demo-local'])
+  p = beam.Pipeline(options=options)
+  graph.build(p, options.view_as(PersonalizationOptions), 'demo-local')
+  visitor = _TimerNames()
+  p.visit(visitor)
+  assert len(visitor.names) >= 5
+  assert len(set(visitor.names)) == len(visitor.names), sorted(visitor.names)
