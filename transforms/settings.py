@@ -8,6 +8,7 @@ as one parameter each and do not check them again. A check that concerns one opt
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 from transforms.rules import resources
@@ -38,13 +39,13 @@ WRITE_METHODS = (STREAMING_INSERTS, FILE_LOADS, STORAGE_WRITE_API)
 
 
 def _positive(value, option: str) -> None:
-  if not value > 0:  # NaN too
-    raise ValueError(f'--{option} must be positive, got {value}')
+  if not (value > 0 and math.isfinite(value)):  # NaN and infinity too
+    raise ValueError(f'--{option} must be positive (a finite number), got {value}')
 
 
 def _non_negative(value, option: str) -> None:
-  if not value >= 0:
-    raise ValueError(f'--{option} must be zero or more, got {value}')
+  if not (value >= 0 and math.isfinite(value)):
+    raise ValueError(f'--{option} must be zero or more (a finite number), got {value}')
 
 
 def _pubsub_path(path: str | None, kind: str, option: str) -> None:

@@ -247,7 +247,9 @@ def test_interacted_products_for_popularity():
 @pytest.mark.parametrize('fields, message', [
     ({'cart_abandon_minutes': 0}, '--cart_abandon_minutes must be positive'),
     ({'cart_abandon_minutes': float('nan')}, '--cart_abandon_minutes must be positive'),
-    ({'vip_lifetime_value': decimal.Decimal(-1)}, '--vip_lifetime_value must be zero or more'),
+    ({'vip_lifetime_value': decimal.Decimal(-1)}, '--vip_lifetime_value must be a number, zero'),
+    ({'vip_lifetime_value': decimal.Decimal('NaN')}, '--vip_lifetime_value must be a number'),
+    ({'vip_lifetime_value': decimal.Decimal('Infinity')}, '--vip_lifetime_value must be a'),
     ({'vip_order_count': 0}, 'vip_order_count must be at least 1'),
     ({'at_risk_days': -1}, 'at_risk_days must be positive')])
 def test_settings_are_checked_once_when_built(fields, message):

@@ -116,3 +116,17 @@ def test_only_in_process_runners_are_cancelled_on_interrupt():
     assert is_local_runner(runner), runner
   for runner in ('DataflowRunner', 'dataflow', 'apache_beam.runners.DataflowRunner', ''):
     assert not is_local_runner(runner), runner
+
+
+@pytest.mark.parametrize('option', ['dedupe_hours', 'allowed_lateness_hours',
+                                    'identity_buffer_hours', 'document_flush_seconds',
+                                    'popularity_window_hours', 'cart_abandon_minutes',
+                                    'vip_lifetime_value', 'restart_dedupe_hours'])
+@pytest.mark.parametrize('value', ['inf', 'nan', '-1'])
+def test_non_finite_or_negative_numbers_are_usage_errors_naming_the_option(option, value):
+  # Infinity used to reach the graph and fail there (OverflowError converting a Duration), NaN
+  # in --vip_lifetime_value raised decimal.InvalidOperation.
+  with pytest.raises(run_module.UsageError, match=f'--{option} must be'):
+    run_module.resolve_options(['--project=demo-local', '--streaming',
+                                '--subscription=projects/demo-local/subscriptions/s',
+                                f'--{option}={value}'])

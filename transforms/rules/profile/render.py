@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
+import math
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import schemas
@@ -36,13 +37,16 @@ class Settings:
   at_risk_days: float = 90
 
   def __post_init__(self):
-    if not self.cart_abandon_minutes > 0:
-      raise ValueError(f'--cart_abandon_minutes must be positive, got {self.cart_abandon_minutes}')
-    if not decimal.Decimal(self.vip_lifetime_value) >= 0:
-      raise ValueError(f'--vip_lifetime_value must be zero or more, got {self.vip_lifetime_value}')
+    if not (self.cart_abandon_minutes > 0 and math.isfinite(self.cart_abandon_minutes)):
+      raise ValueError('--cart_abandon_minutes must be positive (a finite number), got '
+                       f'{self.cart_abandon_minutes}')
+    vip = decimal.Decimal(self.vip_lifetime_value)
+    if not vip.is_finite() or vip < 0:  # NaN cannot even be compared
+      raise ValueError(f'--vip_lifetime_value must be a number, zero or more, got '
+                       f'{self.vip_lifetime_value}')
     if self.vip_order_count < 1:
       raise ValueError(f'vip_order_count must be at least 1, got {self.vip_order_count}')
-    if not self.at_risk_days > 0:
+    if not (self.at_risk_days > 0 and math.isfinite(self.at_risk_days)):
       raise ValueError(f'at_risk_days must be positive, got {self.at_risk_days}')
 
   @property
