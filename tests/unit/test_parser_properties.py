@@ -89,8 +89,11 @@ def test_near_valid_events_are_valid_or_rejected_never_raise(value):
 
 
 def test_the_near_valid_strategy_reaches_valid_events_too():
-  # Otherwise the property above would only ever exercise rejections.
+  # Otherwise the property above would only ever exercise rejections. About 1 in 430 near-valid
+  # events is valid, and Hypothesis mixes constants from the loaded modules into what it
+  # generates, so even a derandomized search depends on what the suite imported first: 2,000
+  # examples found none in one full run (a 1% chance). `find` stops at the first it finds.
   found = find(near_events, lambda v: isinstance(
       events.parse_event(json.dumps(v).encode(), 's', 1), dict),
-               settings=settings(max_examples=2000, database=None, derandomize=True))
+               settings=settings(max_examples=20_000, database=None, derandomize=True))
   assert found['type'] in ('track', 'identify', 'page')
