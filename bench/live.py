@@ -49,7 +49,6 @@ import time
 import typing
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.worker import statecache
 from apache_beam.transforms.window import GlobalWindows
 
@@ -89,13 +88,8 @@ def live_graph(events: beam.PCollection, settings: GraphSettings) -> LiveOutputs
 def run_live(path: pathlib.Path, customers_path: pathlib.Path, catalog_path: pathlib.Path,
              out: pathlib.Path) -> None:
   """The live side, with the sinks of `bench.throughput` (plus popularity documents)."""
-  options = PipelineOptions(flags=[], runner='FnApiRunner', direct_num_workers=1)
-  opts = options.view_as(PersonalizationOptions)
-  opts.events = str(path)
-  opts.customers = str(customers_path)
-  opts.catalog = str(catalog_path)
-  out.mkdir(parents=True, exist_ok=True)
-  settings = opts.graph_settings()
+  options = throughput.graph_options(path, customers_path, catalog_path)
+  settings = options.view_as(PersonalizationOptions).graph_settings()
   with beam.Pipeline(options=options) as p:
     parsed = (p
               | 'ReadEvents' >> ReadWholeEventFiles(settings.sources.files)
@@ -103,16 +97,12 @@ def run_live(path: pathlib.Path, customers_path: pathlib.Path, catalog_path: pat
     live = live_graph(parsed.events, settings)
     # The hourly rows are in their hour's window; the line blocks of the sinks are global.
     hourly = live.hourly | 'GlobalWindow[hourly]' >> beam.WindowInto(GlobalWindows())
-    for name, pcoll, to_line in (('events', live.events, throughput.event_line),
+    throughput.write_lines(out, (('events', live.events, throughput.event_line),
                                  ('dead_letter', parsed.dead_letter, throughput.dead_letter_line),
                                  ('hourly', hourly, throughput.hourly_line),
                                  ('documents', live.documents, throughput.document_line),
                                  ('triggers', live.triggers, throughput.trigger_line),
-                                 ('popularity', live.popularity, throughput.document_line)):
-      _ = (pcoll
-           | f'Serialise[{name}]' >> beam.ParDo(throughput._LineBlocksFn(to_line))
-           | f'Write[{name}]' >> beam.io.WriteToText(str(out / name), file_name_suffix='.jsonl',
-                                                     coder=beam.coders.BytesCoder()))
+                                 ('popularity', live.popularity, throughput.document_line)))
 
 
 def produced(out: pathlib.Path) -> dict:

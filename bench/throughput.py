@@ -198,25 +198,37 @@ class _LineBlocksFn(beam.DoFn):
       yield GlobalWindows.windowed_value(block)
 
 
-def run_graph(path: pathlib.Path, customers_path: pathlib.Path, catalog_path: pathlib.Path,
-              out: pathlib.Path) -> None:
+def graph_options(path: pathlib.Path, customers_path: pathlib.Path, catalog_path: pathlib.Path
+                  ) -> PipelineOptions:
+  """The benchmarks' options: the FnApiRunner with one worker, the input files."""
   options = PipelineOptions(flags=[], runner='FnApiRunner', direct_num_workers=1)
   opts = options.view_as(PersonalizationOptions)
   opts.events = str(path)
   opts.customers = str(customers_path)
   opts.catalog = str(catalog_path)
+  return options
+
+
+def write_lines(out: pathlib.Path, sinks) -> None:
+  """`(name, pcoll, to_line)` triples -> JSON-lines files `out/<name>*.jsonl`, in line blocks."""
   out.mkdir(parents=True, exist_ok=True)
+  for name, pcoll, to_line in sinks:
+    _ = (pcoll
+         | f'Serialise[{name}]' >> beam.ParDo(_LineBlocksFn(to_line))
+         | f'Write[{name}]' >> beam.io.WriteToText(str(out / name), file_name_suffix='.jsonl',
+                                                   coder=beam.coders.BytesCoder()))
+
+
+def run_graph(path: pathlib.Path, customers_path: pathlib.Path, catalog_path: pathlib.Path,
+              out: pathlib.Path) -> None:
+  options = graph_options(path, customers_path, catalog_path)
   with beam.Pipeline(options=options) as p:
-    outputs = graph.build_outputs(p, opts)
-    for name, pcoll, to_line in (('events', outputs.events, event_line),
-                                 ('dead_letter', outputs.dead_letters, dead_letter_line),
-                                 ('hourly', outputs.hourly, hourly_line),
-                                 ('documents', outputs.documents, document_line),
-                                 ('triggers', outputs.triggers, trigger_line)):
-      _ = (pcoll
-           | f'Serialise[{name}]' >> beam.ParDo(_LineBlocksFn(to_line))
-           | f'Write[{name}]' >> beam.io.WriteToText(str(out / name), file_name_suffix='.jsonl',
-                                                     coder=beam.coders.BytesCoder()))
+    outputs = graph.build_outputs(p, options.view_as(PersonalizationOptions))
+    write_lines(out, (('events', outputs.events, event_line),
+                      ('dead_letter', outputs.dead_letters, dead_letter_line),
+                      ('hourly', outputs.hourly, hourly_line),
+                      ('documents', outputs.documents, document_line),
+                      ('triggers', outputs.triggers, trigger_line)))
 
 
 def _records(out: pathlib.Path, name: str):
