@@ -142,9 +142,11 @@ def test_the_strategy_reaches_the_order_sensitive_cases():
 _ids = iter(range(10**6))
 
 
-def call(kind, when, **fields):
-  """A parsed call for c1 at `when` (a datetime); `type` identify when kind is 'identify'."""
-  payload = {'messageId': f'e{next(_ids)}', 'userId': 'c1', 'timestamp': when.isoformat()}
+def segment_call(kind, when, user=None, anon=None, **fields):
+  """A Segment call at `when` (a datetime), parsed as the pipeline parses it: `identify` (fields
+  are traits) or a track event named `kind` (fields are properties)."""
+  payload = {'messageId': f'e{next(_ids):04d}', 'timestamp': when.isoformat(),
+             **({'userId': user} if user else {}), **({'anonymousId': anon} if anon else {})}
   if kind == 'identify':
     payload.update(type='identify', traits=fields)
   else:
@@ -152,6 +154,11 @@ def call(kind, when, **fields):
   record = events.parse_event(orjson.dumps(payload), 'file:test', 1)
   assert isinstance(record, dict), record
   return record
+
+
+def call(kind, when, **fields):
+  """A parsed call of c1."""
+  return segment_call(kind, when, 'c1', **fields)
 
 
 MORNING = dt.datetime(2026, 11, 20, 9, 0, tzinfo=dt.timezone.utc)

@@ -15,36 +15,26 @@ import time
 import apache_beam as beam
 import orjson
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 import schemas
 from tests.unit.beam_helpers import batch_pipeline
+from tests.unit.test_fold_order import segment_call
+from tests.unit.test_streaming import distinct_equal_to, streaming_pipeline
 from transforms.batch_profiles import BatchProfiles
 from transforms.live_profiles import LiveProfiles, StitchLive
-from transforms.rules import events, reference
+from transforms.rules import reference
 from transforms.settings import LiveSettings, ReferenceFiles
 from transforms.sources import ReadReference
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-_ids = iter(range(10**6))
 
 
 def call(hours_ago: float, kind: str, user=None, anon=None, **fields):
   """A parsed Segment call `hours_ago` hours before the test started."""
-  when = NOW - dt.timedelta(hours=hours_ago)
-  payload = {'messageId': f'm{next(_ids):04d}', 'timestamp': when.isoformat(),
-             **({'userId': user} if user else {}), **({'anonymousId': anon} if anon else {})}
-  if kind == 'identify':
-    payload.update(type='identify', traits=fields)
-  else:
-    payload.update(type='track', event=kind, properties=fields)
-  record = events.parse_event(orjson.dumps(payload), 'pubsub', 1)
-  assert isinstance(record, dict), record
-  return record
+  return segment_call(kind, NOW - dt.timedelta(hours=hours_ago), user, anon, **fields)
 
 
 def histories() -> tuple[list, list, list]:
@@ -99,12 +89,6 @@ def write_reference(tmp_path):
   return str(crm), str(catalog)
 
 
-def streaming_pipeline():
-  options = PipelineOptions(flags=[])
-  options.view_as(StandardOptions).streaming = True
-  return TestPipeline(runner='BundleBasedDirectRunner', options=options)
-
-
 def live_profiles(events_pcoll, crm: str, catalog: str):
   return events_pcoll | 'LiveProfiles' >> LiveProfiles(
       live=LiveSettings(flush_seconds=0.5), reference=ReferenceFiles(crm, catalog))
@@ -115,13 +99,6 @@ def batch_profiles(p, events_pcoll, crm: str, catalog: str, as_of: int):
   products = p | 'ReadCatalog' >> ReadReference('catalog', catalog, reference.parse_product)
   return events_pcoll | 'BatchProfiles' >> BatchProfiles(
       customers=customers.records, catalog=products.records, as_of_micros=as_of)
-
-
-def distinct_equal_to(expected):
-  """equal_to on the distinct elements of the output."""
-  def match(actual):
-    equal_to(expected)(list(set(actual)))
-  return match
 
 
 def comparable(pair):
