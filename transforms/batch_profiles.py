@@ -114,8 +114,8 @@ class _AttachFn(beam.DoFn):
     links: dict[str, tuple] = {}
     for line in records(grouped['links']):
       anonymous_id, candidate = line_formats.decode_link(line)
-      known = links.get(anonymous_id)
-      links[anonymous_id] = candidate if known is None else identity.earliest([known, candidate])
+      if identity.wins(candidate, links.get(anonymous_id)):
+        links[anonymous_id] = candidate
     stitched = unlinked = 0
     for line in records(grouped['anonymous']):
       anonymous_id, products, record = line_formats.decode_fold(line)

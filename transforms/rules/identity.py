@@ -22,17 +22,6 @@ def wins(candidate: tuple[int, str], current: tuple[int, str] | None) -> bool:
   return current is None or candidate < current
 
 
-def earliest(links) -> tuple[int, str]:
-  """The winning link among (event_time, user_id) candidates (`wins` applied to all of them)."""
-  winner = None
-  for candidate in links:
-    if wins(candidate, winner):
-      winner = candidate
-  if winner is None:
-    raise ValueError('earliest() needs at least one link')
-  return winner
-
-
 def customer_of(event: dict, links: dict[str, str]) -> str | None:
   """The customer an event belongs to: its userId, else the userId its anonymousId links to."""
   if event.get('user_id'):
