@@ -8,10 +8,9 @@ as one parameter each and do not check them again. A check that concerns one opt
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 
-from transforms.rules import resources
+from transforms.rules import checks, resources
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
 
 # Batch shuffles (transforms/shards.py).
@@ -39,13 +38,11 @@ WRITE_METHODS = (STREAMING_INSERTS, FILE_LOADS, STORAGE_WRITE_API)
 
 
 def _positive(value, option: str) -> None:
-  if not (value > 0 and math.isfinite(value)):  # NaN and infinity too
-    raise ValueError(f'--{option} must be positive (a finite number), got {value}')
+  checks.positive(value, f'--{option}')
 
 
 def _non_negative(value, option: str) -> None:
-  if not (value >= 0 and math.isfinite(value)):
-    raise ValueError(f'--{option} must be zero or more (a finite number), got {value}')
+  checks.non_negative(value, f'--{option}')
 
 
 def _pubsub_path(path: str | None, kind: str, option: str) -> None:
@@ -101,8 +98,7 @@ class Sharding:
 
   def __post_init__(self):
     _positive(self.shards, 'batch_shards')
-    if not self.chunk_bytes > 0:
-      raise ValueError(f'chunk_bytes must be positive, got {self.chunk_bytes}')
+    checks.positive(self.chunk_bytes, 'chunk_bytes')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import decimal
-import math
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import schemas
+from transforms.rules import checks
 from transforms.rules.profile.fold import MONEY, to_decimal
 
 if TYPE_CHECKING:
@@ -37,17 +37,14 @@ class Settings:
   at_risk_days: float = 90
 
   def __post_init__(self):
-    if not (self.cart_abandon_minutes > 0 and math.isfinite(self.cart_abandon_minutes)):
-      raise ValueError('--cart_abandon_minutes must be positive (a finite number), got '
-                       f'{self.cart_abandon_minutes}')
+    checks.positive(self.cart_abandon_minutes, '--cart_abandon_minutes')
     vip = decimal.Decimal(self.vip_lifetime_value)
     if not vip.is_finite() or vip < 0:  # NaN cannot even be compared
       raise ValueError(f'--vip_lifetime_value must be a number, zero or more, got '
                        f'{self.vip_lifetime_value}')
     if self.vip_order_count < 1:
       raise ValueError(f'vip_order_count must be at least 1, got {self.vip_order_count}')
-    if not (self.at_risk_days > 0 and math.isfinite(self.at_risk_days)):
-      raise ValueError(f'at_risk_days must be positive, got {self.at_risk_days}')
+    checks.positive(self.at_risk_days, 'at_risk_days')
 
   @property
   def cart_abandon_micros(self) -> int:
