@@ -50,12 +50,15 @@ def test_redaction_finds_the_same_addresses_as_the_plain_pattern(parts):
 
 
 def test_redaction_is_linear_in_long_runs_without_an_address():
-  # 32 KB of `x` (an oversized message) took 1.6 s, 128 KB 20 s: quadratic. 4 MB now takes
-  # milliseconds; the bound is loose for a loaded machine.
+  # A guard against catastrophic backtracking, not a speed measurement (that is no test's job).
+  # The plain pattern took 1.6 s for 32 KB of `x` and 20 s for 128 KB: quadratic, so hours for
+  # these 4 MB. The linear pattern takes milliseconds for a run and about a second for the 2 M
+  # matches of `x@`, more on a loaded CI machine (2.05 s once, which broke a 2 s bound). The
+  # bound sits far from both.
   for data in (b'x' * (4 << 20), b'x@' * (2 << 20), b'a@' + b'b' * (4 << 20)):
     started = time.perf_counter()
     assert dead_letters.redact_emails(data) == data
-    assert time.perf_counter() - started < 2
+    assert time.perf_counter() - started < 60
   record = dead_letters.dead_letter('size_violation', 'too big', 's', b'{"x":"' + b'y' * 40_000
                                     + b'","e":"a@b.io"}', 'pubsub', 0)
   assert 'a@b.io' not in record['payload'] and '[email-sha256:' in record['payload']
