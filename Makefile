@@ -12,10 +12,11 @@ STACK := $(PY) -m scripts.localstack --state-dir $(STACK_STATE)
 
 venv: $(VENV)/.installed $(BQ_VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt connector/requirements.txt setup.py
+$(VENV)/.installed: requirements.txt requirements-dev.txt connector/requirements.txt collector/requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r connector/requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt -r connector/requirements.txt \
+	  -r collector/requirements.txt
 	$(PY) -m pip check
 	@touch $@
 

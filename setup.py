@@ -22,8 +22,9 @@ setuptools.setup(
     python_requires='>=3.11,<3.12',
     packages=setuptools.find_packages(
         include=['pipeline', 'pipeline.*', 'transforms', 'transforms.*', 'schemas',
-                 'schemas.*', 'connector', 'connector.*']),
+                 'schemas.*', 'connector', 'connector.*', 'collector', 'collector.*']),
     package_data={'schemas': ['*.json', '*.avsc']},
     install_requires=_requirements(),
-    extras_require={'connector': _requirements('connector/requirements.txt')},
+    extras_require={'connector': _requirements('connector/requirements.txt'),
+                    'collector': _requirements('collector/requirements.txt')},
 )

@@ -1,0 +1,42 @@
+"""`python -m collector`: serve the tracking API (settings: `python -m collector --help`)."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import uvicorn
+
+from collector.app import Collector
+from collector.config import ConfigError, KeyRing, Settings
+from connector import logs
+
+
+def main(argv=None) -> int:
+  logs.configure()
+  try:
+    settings = Settings.from_sources(argv)
+    keys = KeyRing.from_settings(settings)
+  except ConfigError as err:
+    print(f'error: {err}', file=sys.stderr)
+    return 2
+  app = Collector(settings, keys)
+  server = uvicorn.Server(uvicorn.Config(
+      app, host=settings.host, port=settings.port, lifespan='on', access_log=False,
+      log_config=None, loop='uvloop', http='httptools', server_header=False,
+      # SIGTERM: uvicorn stops accepting and waits for requests in flight (each waits at most
+      # for its body and its publish), then the lifespan shutdown flushes the Pub/Sub client.
+      timeout_graceful_shutdown=int(settings.body_timeout_seconds
+                                    + settings.publish_timeout_seconds) + 5))
+  # uvicorn re-raises the signal it shut down for once it is done; a SIGTERM that ended in a
+  # clean shutdown then exits 0 instead of dying by the signal.
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+  signal.signal(signal.SIGHUP, lambda *_: keys.reload())
+  logging.getLogger('collector').info('collector starting', extra={
+      'host': settings.host, 'port': settings.port, 'topic': settings.topic_path})
+  server.run()
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

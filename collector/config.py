@@ -1,0 +1,242 @@
+"""Collector settings: environment variables, each mirrored by a flag (the flag wins).
+
+Validated once, here; the rest of the collector trusts them. Write keys are never logged or
+repr'd: only the source names they map to appear anywhere else.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import ipaddress
+import logging
+import os
+import pathlib
+import re
+from typing import Mapping, Sequence
+
+# A source name becomes a Pub/Sub attribute and part of the events table's `source` column.
+SOURCE_PATTERN = re.compile(r'[A-Za-z0-9_.-]{1,64}')
+MIN_KEY_LENGTH = 8
+_KEY_PATTERN = re.compile(r'[!-~]+')  # printable ASCII, no spaces (it travels in a Basic header)
+_log = logging.getLogger('collector')
+
+
+class ConfigError(Exception):
+  """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+# (environment variable, flag, default, help). One table, so `--help` documents every setting.
+_SETTINGS = (
+    ('COLLECTOR_PROJECT', '--project', None,
+     'Google Cloud project of the topic (falls back to GOOGLE_CLOUD_PROJECT). Required.'),
+    ('COLLECTOR_TOPIC', '--topic', None, 'Pub/Sub topic id in that project. Required.'),
+    ('COLLECTOR_WRITE_KEYS', '--write-keys', '',
+     'Comma-separated key:source pairs, e.g. wk_web_1:web,wk_srv_1:server. A source name is '
+     '1-64 of [A-Za-z0-9_.-]; a key is at least 8 printable characters without spaces.'),
+    ('COLLECTOR_WRITE_KEYS_FILE', '--write-keys-file', None,
+     'A file of key:source lines (# comments), re-read on SIGHUP for rotation; adds to '
+     'COLLECTOR_WRITE_KEYS. A file that fails to parse on SIGHUP leaves the old keys in force.'),
+    ('COLLECTOR_HOST', '--host', '127.0.0.1', 'Address to listen on.'),
+    ('COLLECTOR_PORT', '--port', '8088', 'Port to listen on.'),
+    ('COLLECTOR_ALLOWED_ORIGINS', '--allowed-origins', '',
+     'Comma-separated origins browsers may send from (CORS), e.g. https://shop.example.com; '
+     '* allows any. Empty: no CORS headers (server-side SDKs need none).'),
+    ('COLLECTOR_TRUSTED_PROXIES', '--trusted-proxies', '',
+     'Comma-separated addresses or CIDR ranges of proxies whose X-Forwarded-For is believed '
+     '(e.g. the load balancer\'s ranges). Empty: context.ip is the TCP peer.'),
+    ('COLLECTOR_TRUNCATE_IP', '--truncate-ip', 'false',
+     'true: context.ip keeps only its network part (IPv4 /24, IPv6 /48), for privacy.'),
+    ('COLLECTOR_PUBLISH_TIMEOUT_SECONDS', '--publish-timeout-seconds', '10',
+     'How long a request waits for Pub/Sub to accept its events before answering 503.'),
+    ('COLLECTOR_BODY_TIMEOUT_SECONDS', '--body-timeout-seconds', '10',
+     'How long a client may take to send a request body before it is answered 408.'),
+    ('COLLECTOR_MAX_OUTSTANDING_MB', '--max-outstanding-mb', '64',
+     'Event bytes waiting for Pub/Sub at most; beyond that new requests get 503 (bounds memory '
+     'while Pub/Sub is slow or down).'),
+    ('COLLECTOR_METRICS_TOKEN', '--metrics-token', None,
+     'If set, /metrics needs "Authorization: Bearer <token>".'),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  project: str
+  topic: str
+  # From COLLECTOR_WRITE_KEYS; the file's keys are read (and checked) too, but held by KeyRing.
+  write_keys: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
+  write_keys_file: str | None = None
+  host: str = '127.0.0.1'
+  port: int = 8088
+  allowed_origins: tuple[str, ...] = ()
+  trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+  truncate_ip: bool = False
+  publish_timeout_seconds: float = 10.0
+  body_timeout_seconds: float = 10.0
+  max_outstanding_bytes: int = 64 << 20
+  metrics_token: str | None = dataclasses.field(default=None, repr=False)
+
+  @property
+  def topic_path(self) -> str:
+    return f'projects/{self.project}/topics/{self.topic}'
+
+  @classmethod
+  def from_sources(cls, argv: Sequence[str] | None = None,
+                   env: Mapping[str, str] | None = None) -> 'Settings':
+    """Settings from flags over environment variables; ConfigError names the one at fault."""
+    env = os.environ if env is None else env
+    values = vars(parser().parse_args(argv))
+    raw = {}
+    for variable, flag, default, _ in _SETTINGS:
+      name = flag[2:].replace('-', '_')
+      given = values.get(name)
+      raw[variable] = given if given is not None else env.get(variable, default)
+    project = raw['COLLECTOR_PROJECT'] or env.get('GOOGLE_CLOUD_PROJECT')
+    if not project:
+      raise ConfigError('set COLLECTOR_PROJECT (or GOOGLE_CLOUD_PROJECT) to the topic\'s project')
+    topic = raw['COLLECTOR_TOPIC']
+    if not topic:
+      raise ConfigError('set COLLECTOR_TOPIC to the Pub/Sub topic id events are published to')
+    keys = parse_write_keys(raw['COLLECTOR_WRITE_KEYS'], 'COLLECTOR_WRITE_KEYS')
+    key_file = raw['COLLECTOR_WRITE_KEYS_FILE']
+    if not keys and not (key_file and read_write_keys_file(key_file)):
+      raise ConfigError('set COLLECTOR_WRITE_KEYS (key:source,...) or COLLECTOR_WRITE_KEYS_FILE: '
+                        'every tracking request needs a write key')
+    return cls(
+        project=project, topic=topic, write_keys=keys, write_keys_file=key_file or None,
+        host=raw['COLLECTOR_HOST'],
+        port=_number(raw, 'COLLECTOR_PORT', int, 1, 65535),
+        allowed_origins=tuple(_split(raw['COLLECTOR_ALLOWED_ORIGINS'])),
+        trusted_proxies=_networks(raw['COLLECTOR_TRUSTED_PROXIES']),
+        truncate_ip=_boolean(raw, 'COLLECTOR_TRUNCATE_IP'),
+        publish_timeout_seconds=_number(raw, 'COLLECTOR_PUBLISH_TIMEOUT_SECONDS', float, 0.1, 600),
+        body_timeout_seconds=_number(raw, 'COLLECTOR_BODY_TIMEOUT_SECONDS', float, 0.1, 600),
+        max_outstanding_bytes=_number(raw, 'COLLECTOR_MAX_OUTSTANDING_MB', int, 1, 65536) << 20,
+        metrics_token=raw['COLLECTOR_METRICS_TOKEN'] or None)
+
+
+def parser() -> argparse.ArgumentParser:
+  """The command line: one flag per setting, each defaulting to its environment variable."""
+  p = argparse.ArgumentParser(
+      prog='python -m collector',
+      description='Segment- and RudderStack-compatible tracking API publishing to Pub/Sub. Every '
+                  'setting is an environment variable, mirrored by a flag that wins over it; '
+                  'PUBSUB_EMULATOR_HOST points the Pub/Sub client at the emulator. '
+                  'See docs/COLLECTOR.md.')
+  for variable, flag, default, text in _SETTINGS:
+    shown = f' Default: {default}.' if default not in (None, '') else ''
+    p.add_argument(flag, default=None, metavar=variable, help=f'{text} [env {variable}]{shown}')
+  return p
+
+
+def parse_write_keys(text: str, where: str) -> dict[str, str]:
+  """`key:source,key:source` (or one pair per line) -> {key: source}."""
+  keys = {}
+  for n, item in enumerate(_split(text.replace('\n', ',')), 1):
+    if item.startswith('#'):
+      continue
+    key, sep, source = item.rpartition(':')
+    if not sep or not key:
+      raise ConfigError(f'{where}: entry {n} is not key:source')
+    if len(key) < MIN_KEY_LENGTH or not _KEY_PATTERN.fullmatch(key):
+      raise ConfigError(f'{where}: entry {n}: a write key is at least {MIN_KEY_LENGTH} printable '
+                        'characters without spaces')
+    if not SOURCE_PATTERN.fullmatch(source):
+      raise ConfigError(f'{where}: entry {n}: source {source!r} is not 1-64 of [A-Za-z0-9_.-]')
+    if key in keys and keys[key] != source:
+      raise ConfigError(f'{where}: entry {n}: the same key maps to two sources')
+    keys[key] = source
+  return keys
+
+
+def read_write_keys_file(path: str) -> dict[str, str]:
+  file = pathlib.Path(path)
+  try:
+    text = file.read_text()
+  except (OSError, UnicodeDecodeError) as err:
+    raise ConfigError(f'COLLECTOR_WRITE_KEYS_FILE {path} cannot be read: {err}') from err
+  lines = [line.strip() for line in text.splitlines()]
+  return parse_write_keys(','.join(line for line in lines if line and not line.startswith('#')),
+                          f'COLLECTOR_WRITE_KEYS_FILE {path}')
+
+
+class KeyRing:
+  """The write keys in force: key -> source, swappable at run time (SIGHUP).
+
+  Keys are held as SHA-256 digests and looked up by the digest of what a request offers, so the
+  lookup's time says nothing about how much of a key was right, and no key sits in memory in
+  the clear after start-up.
+  """
+
+  def __init__(self, fixed: Mapping[str, str], file: str | None = None):
+    """`fixed`: keys from the setting, kept across reloads; `file`: a key file, read now."""
+    self._file = file
+    self._fixed = dict(fixed)
+    self._sources = self._digests({**self._fixed, **(read_write_keys_file(file) if file else {})})
+
+  @staticmethod
+  def _digests(keys: Mapping[str, str]) -> dict[bytes, str]:
+    return {hashlib.sha256(k.encode()).digest(): s for k, s in keys.items()}
+
+  @classmethod
+  def from_settings(cls, settings: Settings) -> 'KeyRing':
+    return cls(settings.write_keys, settings.write_keys_file)
+
+  def source(self, offered: str | None) -> str | None:
+    """The source an offered key maps to, or None (unknown, missing or not text)."""
+    if not offered or not isinstance(offered, str):
+      return None
+    return self._sources.get(hashlib.sha256(offered.encode('utf-8', 'replace')).digest())
+
+  def reload(self) -> bool:
+    """Re-reads the key file (SIGHUP). A file that fails to parse leaves the old keys."""
+    if not self._file:
+      _log.info('SIGHUP: no COLLECTOR_WRITE_KEYS_FILE to re-read')
+      return False
+    try:
+      keys = {**self._fixed, **read_write_keys_file(self._file)}
+    except ConfigError as err:
+      _log.error('write keys not reloaded, the old ones stay in force: %s', err)
+      return False
+    if not keys:
+      _log.error('write keys not reloaded: the file holds none, the old ones stay in force')
+      return False
+    self._sources = self._digests(keys)  # one reference swap: readers see old or new, whole
+    _log.info('write keys reloaded', extra={'sources': sorted(set(keys.values())),
+                                            'keys': len(keys)})
+    return True
+
+
+def _split(text: str) -> list[str]:
+  return [item.strip() for item in (text or '').split(',') if item.strip()]
+
+
+def _number(raw, variable, kind, low, high):
+  text = raw[variable]
+  try:
+    value = kind(text)
+  except (TypeError, ValueError):
+    raise ConfigError(f'{variable} must be a number, got {text!r}') from None
+  if not low <= value <= high:  # also refuses nan
+    raise ConfigError(f'{variable} must be between {low} and {high}, got {text}')
+  return value
+
+
+def _boolean(raw, variable) -> bool:
+  text = str(raw[variable]).strip().lower()
+  if text in ('1', 'true', 'yes', 'on'):
+    return True
+  if text in ('0', 'false', 'no', 'off', ''):
+    return False
+  raise ConfigError(f'{variable} must be true or false, got {raw[variable]!r}')
+
+
+def _networks(text: str) -> tuple:
+  networks = []
+  for item in _split(text):
+    try:
+      networks.append(ipaddress.ip_network(item, strict=False))
+    except ValueError:
+      raise ConfigError(f'COLLECTOR_TRUSTED_PROXIES: {item!r} is not an address or CIDR range'
+                        ) from None
+  return tuple(networks)
