@@ -24,6 +24,7 @@ def main(argv=None) -> int:
   server = uvicorn.Server(uvicorn.Config(
       app, host=settings.host, port=settings.port, lifespan='on', access_log=False,
       log_config=None, loop='uvloop', http='httptools', server_header=False,
+      limit_concurrency=settings.max_concurrency,
       # SIGTERM: uvicorn stops accepting and waits for requests in flight (each waits at most
       # for its body and its publish), then the lifespan shutdown flushes the Pub/Sub client.
       timeout_graceful_shutdown=int(settings.body_timeout_seconds

@@ -54,6 +54,9 @@ _SETTINGS = (
     ('COLLECTOR_MAX_OUTSTANDING_MB', '--max-outstanding-mb', '64',
      'Event bytes waiting for Pub/Sub at most; beyond that new requests get 503 (bounds memory '
      'while Pub/Sub is slow or down).'),
+    ('COLLECTOR_MAX_CONCURRENCY', '--max-concurrency', '1000',
+     'Connections and requests in progress at most; beyond that the server answers 503 at once '
+     '(bounds memory under a flood of slow clients).'),
     ('COLLECTOR_METRICS_TOKEN', '--metrics-token', None,
      'If set, /metrics needs "Authorization: Bearer <token>".'),
 )
@@ -74,6 +77,7 @@ class Settings:
   publish_timeout_seconds: float = 10.0
   body_timeout_seconds: float = 10.0
   max_outstanding_bytes: int = 64 << 20
+  max_concurrency: int = 1000
   metrics_token: str | None = dataclasses.field(default=None, repr=False)
 
   @property
@@ -112,6 +116,7 @@ class Settings:
         publish_timeout_seconds=_number(raw, 'COLLECTOR_PUBLISH_TIMEOUT_SECONDS', float, 0.1, 600),
         body_timeout_seconds=_number(raw, 'COLLECTOR_BODY_TIMEOUT_SECONDS', float, 0.1, 600),
         max_outstanding_bytes=_number(raw, 'COLLECTOR_MAX_OUTSTANDING_MB', int, 1, 65536) << 20,
+        max_concurrency=_number(raw, 'COLLECTOR_MAX_CONCURRENCY', int, 1, 1_000_000),
         metrics_token=raw['COLLECTOR_METRICS_TOKEN'] or None)
 
 

@@ -30,7 +30,7 @@ CALL_TYPES = ('track', 'identify', 'page', 'screen', 'group', 'alias')
 _MAX_QUERY_DEPTH = 8
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Refused(Exception):
   """A request the collector cannot forward: answered `status` with {"error": reason, ...}."""
   reason: str
