@@ -12,6 +12,12 @@ STACK := $(PY) -m scripts.localstack --state-dir $(STACK_STATE)
 
 venv: $(VENV)/.installed $(BQ_VENV)/.installed
 
+# The JavaScript SDK the collector's tests run (tests/js/package.json, exact versions locked).
+JS_DEPS := tests/js/node_modules/.installed
+$(JS_DEPS): tests/js/package.json tests/js/package-lock.json
+	npm ci --prefix tests/js --no-audit --no-fund
+	@touch $@
+
 $(VENV)/.installed: requirements.txt requirements-dev.txt connector/requirements.txt collector/requirements.txt setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -58,7 +64,7 @@ status:
 	$(STACK) status
 
 ## test: set up, run the whole suite (the suite starts and stops its own emulators).
-test: venv
+test: venv $(JS_DEPS)
 	$(PY) -m pytest
 
 test-unit: venv
