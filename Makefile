@@ -57,8 +57,14 @@ RATE ?= 10
 stream: venv
 	$(PY) -m scripts.stream --rate $(RATE) --data $(DATA)
 
+## collect: the tracking collector on its own local stack (.localstack/collect), to point a real
+## SDK or curl at; prints how (scripts/collect.py). `make stop` stops it.
+.PHONY: collect
+collect: venv
+	$(PY) -m scripts.collect start --state-dir .localstack/collect
+
 stop:
-	@if [ -x $(PY) ]; then $(PY) -m scripts.demo_connector stop --state-dir $(STACK_STATE); $(STACK) stop; $(PY) -m scripts.localstack --state-dir .localstack/stream stop; else echo "nothing to stop (no $(VENV))"; fi
+	@if [ -x $(PY) ]; then $(PY) -m scripts.demo_connector stop --state-dir $(STACK_STATE); $(STACK) stop; $(PY) -m scripts.localstack --state-dir .localstack/stream stop; $(PY) -m scripts.collect stop --state-dir .localstack/collect; else echo "nothing to stop (no $(VENV))"; fi
 
 status:
 	$(STACK) status

@@ -1,4 +1,6 @@
 """Helpers shared by the streaming integration tests."""
+import os
+import pathlib
 import threading
 import time
 
@@ -25,3 +27,16 @@ def stop_streaming(result, topic):
   while stopper.is_alive():
     publisher.publish(topic, b'{}').result(timeout=30)
     stopper.join(timeout=2)
+
+
+def alive(pid: int) -> bool:
+  """Whether `pid` is a running process (a zombie, dead but not yet reaped, is not)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  stat = pathlib.Path(f'/proc/{pid}/stat')
+  try:
+    return stat.read_text().split(')')[-1].split()[0] != 'Z'
+  except FileNotFoundError:
+    return False
