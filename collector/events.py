@@ -8,7 +8,6 @@ queried. Each refusal carries a `reason` (the metrics label) and a message namin
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import datetime as dt
 import ipaddress
@@ -175,7 +174,7 @@ def basic_auth_user(header: str | None) -> str | None:
     return None
   try:
     decoded = base64.b64decode(header[6:].strip(), validate=True).decode('utf-8')
-  except (binascii.Error, UnicodeDecodeError):
+  except ValueError:  # binascii.Error, UnicodeDecodeError, and text that is not ASCII at all
     return None
   user = decoded.partition(':')[0]
   return user or None
@@ -226,7 +225,7 @@ def _base64_or_plain(data: str) -> bytes:
   text = stripped.replace(' ', '+').replace('-', '+').replace('_', '/')
   try:
     return base64.b64decode(text + '=' * (-len(text) % 4), validate=True)
-  except binascii.Error:
+  except ValueError:  # binascii.Error, or text that is not ASCII at all
     raise Refused('invalid_pixel', 'pixel data is neither base64 nor JSON') from None
 
 
