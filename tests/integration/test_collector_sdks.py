@@ -18,14 +18,17 @@ import time
 import uuid
 
 import pytest
-from google.cloud import pubsub_v1
+from google.cloud import firestore, pubsub_v1
 from rudderstack.analytics import Client as RudderClient
 from rudderstack.analytics import request as rudder_request
 from segment.analytics import Client as SegmentClient
 from segment.analytics import request as segment_request
 
+from pipeline import run
 from scripts import collect, localstack, publish
 from scripts.demo_connector import free_port, wait_ready
+from tests.integration.helpers import stop_streaming, wait_for
+from transforms.rules.events import hash_email
 
 PROJECT = 'demo-local'
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -270,3 +273,44 @@ def test_python_sdk_retries_a_503_and_the_event_arrives_once(collector, wire, sd
   assert [e['messageId'] for e in first['batch']] == [e['messageId'] for e in retry['batch']] \
       == ids
   check_delivery(pull_exactly(subscriptions[0], 1), [retry], sdk)
+
+
+def test_segment_sdk_to_firestore(collector, unique_name):
+  """The whole path: the Segment Python client's identify and E-commerce v2 calls, through the
+  collector and the streaming pipeline (BundleBasedDirectRunner), reach the customer's Firestore
+  document: hashed email, first name, viewed products and cart."""
+  subscription = collector.subscription()
+  result, _ = run.launch([
+      '--streaming', f'--subscription={subscription}', f'--project={PROJECT}',
+      '--runner=BundleBasedDirectRunner', f'--dataset={unique_name}',
+      f'--collection={unique_name}', f'--popularity_collection={unique_name}-popularity',
+      '--document_flush_seconds=0'])
+  try:
+    customer = f'{unique_name}-c1'
+    client = SegmentClient(KEY_OF['segment-python'], host=collector.base, gzip=True)
+    client.identify(customer, {'email': ' Ada.Lovelace@Example.com', 'first_name': 'Ada'})
+    for product_id, name, price in (('p0001', 'Linen Shirt', 39.5), ('p0002', 'Wool Scarf', 20)):
+      client.track(customer, 'Product Viewed', {
+          'product_id': product_id, 'name': name, 'price': price, 'currency': 'USD',
+          'category': 'Apparel'})
+    client.track(customer, 'Product Added', {
+        'cart_id': 'cart-1', 'product_id': 'p0001', 'name': 'Linen Shirt', 'price': 39.5,
+        'quantity': 2, 'currency': 'USD'})
+    client.shutdown()
+    document = firestore.Client(project=PROJECT).collection(unique_name).document(customer)
+
+    def complete():
+      doc = document.get().to_dict()
+      return doc if doc and doc['cart']['items'] and len(doc['recently_viewed']) == 2 else None
+
+    doc = wait_for(complete, 90, f'{customer} with two viewed products and a cart')
+  finally:
+    stop_streaming(result, publish.topic_path(PROJECT, collector.topic))
+  assert doc['customer_id'] == customer
+  assert doc['email_sha256'] == hash_email('ada.lovelace@example.com')
+  assert doc['first_name'] == 'Ada'
+  assert sorted(v['product_id'] for v in doc['recently_viewed']) == ['p0001', 'p0002']
+  assert doc['cart']['items'] == [{'product_id': 'p0001', 'name': 'Linen Shirt', 'price': 39.5,
+                                   'quantity': 2}]
+  assert doc['cart']['item_count'] == 2 and doc['cart']['value'] == 79.0
+  assert doc['top_categories'] == ['Apparel']
