@@ -66,6 +66,7 @@ def served_document_fields() -> tuple[str, ...]:
 
 
 def supported_event_types() -> tuple[str, ...]:
+  """The Segment call types the input contract accepts (its `type` enum), in contract order."""
   return tuple(segment_event_schema()['properties']['type']['enum'])
 
 

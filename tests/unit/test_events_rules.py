@@ -1,4 +1,5 @@
-"""parse_event: Segment spec payloads (the E-commerce v2 spec's example calls) and every failure."""
+"""parse_event: Segment spec payloads (the E-commerce v2 spec's example calls, and each of the six
+call types) and every failure."""
 import datetime as dt
 import hashlib
 
@@ -6,7 +7,7 @@ import orjson
 import pytest
 
 import schemas
-from transforms.rules import events
+from transforms.rules import activity, events, identity, profile
 from transforms.rules.dead_letters import Rejection
 
 NOW = 1_800_000_000_000_000
@@ -35,6 +36,23 @@ IDENTIFY = {
 PAGE = {
     'type': 'page', 'name': 'Home', 'messageId': 'pg-1', 'anonymousId': 'anon-1',
     'timestamp': '2026-11-02T10:13:00+01:00', 'properties': {'path': '/', 'title': 'Shop'},
+}
+# The Segment spec's screen, group and alias examples (analytics-ios / analytics.js shapes).
+SCREEN = {
+    'type': 'screen', 'name': 'Home', 'messageId': 'sc-1', 'anonymousId': 'anon-1',
+    'userId': 'c00042', 'timestamp': '2026-11-02T10:16:00Z',
+    'properties': {'Feed Type': 'private'}, 'context': {'app': {'name': 'Shop', 'build': '7'}},
+}
+GROUP = {
+    'type': 'group', 'groupId': '0e8c78ea9d97a7b8185e8632', 'messageId': 'gr-1',
+    'userId': 'c00042', 'anonymousId': 'anon-1', 'timestamp': '2026-11-02T10:17:00Z',
+    'traits': {'name': 'Initech', 'industry': 'Technology', 'employees': 329, 'plan': 'enterprise',
+               'email': 'Office@Initech.example'},
+    'context': {'traits': {'email': 'Peter@Example.com'}},
+}
+ALIAS = {
+    'type': 'alias', 'previousId': 'anon-1', 'userId': 'c00042', 'messageId': 'al-1',
+    'timestamp': '2026-11-02T10:14:30Z',
 }
 
 
@@ -76,6 +94,50 @@ def test_page_uses_its_name_and_times_become_utc():
   assert event['event_time'] == micros('2026-11-02T09:13:00+00:00')
 
 
+def test_screen_is_named_like_a_page_and_counts_as_a_page_view():
+  event = parse(SCREEN)
+  assert (event['type'], event['event']) == ('screen', 'Home')
+  assert (event['user_id'], event['anonymous_id']) == ('c00042', 'anon-1')
+  assert event['properties'] == {'Feed Type': 'private'} and event['group_id'] is None
+  assert profile.event_name(event) == profile.event_name(parse(PAGE)) == profile.PAGE
+  assert activity.activity_key(event) == ('c00042', True, 'page', None)
+
+
+def test_group_keeps_its_group_id_and_its_traits_address_is_not_the_customers():
+  event = parse(GROUP)
+  assert (event['type'], event['event'], event['group_id']) == (
+      'group', None, '0e8c78ea9d97a7b8185e8632')
+  assert (event['user_id'], event['anonymous_id']) == ('c00042', 'anon-1')
+  # The group's address is replaced by its token; the customer's (context.traits) is hashed.
+  assert event['email_sha256'] == hashlib.sha256(b'peter@example.com').hexdigest()
+  assert event['traits'] == {
+      'name': 'Initech', 'industry': 'Technology', 'employees': 329, 'plan': 'enterprise',
+      'email': '[email-sha256:' + hashlib.sha256(b'office@initech.example').hexdigest() + ']'}
+  assert b'@' not in orjson.dumps(event)
+  assert schemas.to_bigquery_row('events', event)['group_id'] == '0e8c78ea9d97a7b8185e8632'
+  assert profile.event_name(event) == 'group'
+
+
+def test_alias_gives_its_previous_id_as_the_anonymous_id_it_links():
+  event = parse(ALIAS)
+  assert (event['type'], event['event'], event['group_id']) == ('alias', None, None)
+  assert (event['user_id'], event['anonymous_id']) == ('c00042', 'anon-1')
+  # The link is the one an identify carrying both ids makes.
+  assert identity.link(event) == identity.link({**parse(IDENTIFY), 'event_time': event[
+      'event_time']}) == ('anon-1', (event['event_time'], 'c00042'))
+  # previousId may be an earlier userId: linked the same way (the anonymous side). The alias's
+  # own anonymousId, when it differs, is not kept (docs/DATA_CONTRACT.md).
+  earlier = parse({**ALIAS, 'previousId': 'c00007', 'anonymousId': 'anon-9'})
+  assert (earlier['user_id'], earlier['anonymous_id']) == ('c00042', 'c00007')
+  assert profile.event_name(event) == 'alias'
+
+
+def test_only_track_page_and_screen_fill_the_event_column():
+  assert parse({**IDENTIFY, 'name': 'not a page'})['event'] is None
+  assert parse({**ALIAS, 'name': 'x', 'event': 'y'})['event'] is None
+  assert parse({**GROUP, 'name': 'x'})['event'] is None
+
+
 def test_snake_case_keys_from_rudderstack_are_accepted():
   payload = {'type': 'track', 'event': 'Product Added', 'message_id': 'r-1', 'user_id': 'c1',
              'anonymous_id': 'a1', 'original_timestamp': '2026-11-02T10:00:00Z',
@@ -83,6 +145,12 @@ def test_snake_case_keys_from_rudderstack_are_accepted():
   event = parse(payload)
   assert (event['message_id'], event['user_id'], event['anonymous_id']) == ('r-1', 'c1', 'a1')
   assert event['received_at'] == micros('2026-11-02T10:00:05+00:00')
+  alias = parse({'type': 'alias', 'message_id': 'r-2', 'previous_id': 'a1', 'user_id': 'c1',
+                 'original_timestamp': '2026-11-02T10:00:00Z'})
+  assert (alias['user_id'], alias['anonymous_id']) == ('c1', 'a1')
+  group = parse({'type': 'group', 'message_id': 'r-3', 'group_id': 'g1', 'user_id': 'c1',
+                 'original_timestamp': '2026-11-02T10:00:00Z'})
+  assert group['group_id'] == 'g1'
 
 
 def test_clock_skew_is_corrected_as_segment_does():
@@ -106,7 +174,20 @@ def test_without_received_at_timestamp_is_used_then_original_timestamp():
     (b'\xff\xfe{"type":"track"}', events.INVALID_JSON, 'not valid JSON'),
     (b'[1, 2]', events.SCHEMA_VIOLATION, 'must be a JSON object'),
     (b'42', events.SCHEMA_VIOLATION, 'must be a JSON object'),
-    ({**PAGE, 'type': 'screen'}, events.UNSUPPORTED_TYPE, "'screen'"),
+    ({**PAGE, 'type': 'screenview'}, events.UNSUPPORTED_TYPE, "'screenview'"),
+    ({**PAGE, 'type': 'Screen'}, events.UNSUPPORTED_TYPE, 'track, identify, page, screen, group, '
+     'alias'),
+    ({k: v for k, v in GROUP.items() if k != 'groupId'}, events.SCHEMA_VIOLATION,
+     'a group call needs a groupId'),
+    ({**GROUP, 'groupId': ''}, events.SCHEMA_VIOLATION, 'a group call needs a groupId'),
+    ({**GROUP, 'groupId': 42}, events.SCHEMA_VIOLATION, 'a group call needs a groupId'),
+    ({k: v for k, v in ALIAS.items() if k != 'previousId'}, events.SCHEMA_VIOLATION,
+     'an alias call needs a previousId and a userId'),
+    ({**ALIAS, 'previousId': ''}, events.SCHEMA_VIOLATION, 'needs a previousId and a userId'),
+    # An alias without a userId: anonymousId alone satisfies "identified", not the alias.
+    ({**{k: v for k, v in ALIAS.items() if k != 'userId'}, 'anonymousId': 'anon-1'},
+     events.SCHEMA_VIOLATION, 'needs a previousId and a userId'),
+    ({**ALIAS, 'previousId': 'p' * 257}, events.SCHEMA_VIOLATION, 'previousId must be shorter'),
     ({**PAGE, 'type': None}, events.UNSUPPORTED_TYPE, 'None'),
     ({k: v for k, v in PAGE.items() if k != 'messageId'}, events.SCHEMA_VIOLATION,
      'missing required field(s) messageId'),

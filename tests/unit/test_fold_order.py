@@ -1,7 +1,8 @@
 """The profile fold does not depend on arrival order (transforms.rules.profile.fold).
 
 A property test over random customer histories (views, adds, removes, orders, cancellations,
-identifies, opens and clicks, many of them at the same minute so ties by message id matter) and
+identifies, opens and clicks, screens, groups and aliases, many of them at the same minute so ties
+by message id matter) and
 random arrival permutations: folding in arrival order gives the state, and so the document, that
 folding sorted by event time gives. Then the contract's own examples, and the cart's bound.
 """
@@ -18,7 +19,9 @@ from transforms.rules import events, profile
 BASE = dt.datetime(2026, 11, 2, 8, 0, tzinfo=dt.timezone.utc)
 PRODUCTS = ('p1', 'p2', 'p3', 'p9')
 KINDS = ('Product Viewed', 'Product Added', 'Product Added', 'Product Removed', 'Order Completed',
-         'Order Cancelled', 'identify', 'Email Opened', 'Email Link Clicked')
+         'Order Cancelled', 'identify', 'Email Opened', 'Email Link Clicked', 'screen', 'group',
+         'alias')
+EMAILS = st.sampled_from(['a@example.com', 'b@example.com'])
 
 
 @st.composite
@@ -30,10 +33,19 @@ def cart_heavy_calls(draw):
     kind = draw(st.sampled_from(KINDS))
     call = {'messageId': f'm{draw(st.integers(0, 10**6))}-{index}', 'userId': 'c1',
             'timestamp': (BASE + dt.timedelta(minutes=draw(st.integers(0, 30)))).isoformat()}
+    traits = st.fixed_dictionaries({}, optional={
+        'first_name': st.sampled_from(['Ann', 'Bo', 'Cy']), 'unsubscribed': st.booleans(),
+        'email': EMAILS})
     if kind == 'identify':
-      call.update(type='identify', traits=draw(st.fixed_dictionaries({}, optional={
-          'first_name': st.sampled_from(['Ann', 'Bo', 'Cy']), 'unsubscribed': st.booleans(),
-          'email': st.sampled_from(['a@example.com', 'b@example.com'])})))
+      call.update(type='identify', traits=draw(traits))
+    elif kind == 'screen':
+      call.update(type='screen', name=draw(st.sampled_from(['Home', 'Cart'])))
+    elif kind in ('group', 'alias'):
+      # Emails in context.traits (the customer's) compete with the identifies' in the
+      # newest-wins register; traits (a group's, or sent on an alias) must change nothing.
+      call.update(type=kind, traits=draw(traits), **draw(st.fixed_dictionaries({}, optional={
+          'context': st.fixed_dictionaries({'traits': st.fixed_dictionaries({'email': EMAILS})})})))
+      call.update({'groupId': 'g1'} if kind == 'group' else {'previousId': 'a1'})
     else:
       call.update(type='track', event=kind)
       if kind.startswith('Product'):
@@ -144,11 +156,19 @@ _ids = iter(range(10**6))
 
 def segment_call(kind, when, user=None, anon=None, **fields):
   """A Segment call at `when` (a datetime), parsed as the pipeline parses it: `identify` (fields
-  are traits) or a track event named `kind` (fields are properties)."""
+  are traits), `page` or `screen` (a `name` field, the rest properties), `group` (a `group_id`
+  field, the rest traits), `alias` (a `previous_id` field, the rest traits) or a track event
+  named `kind` (fields are properties)."""
   payload = {'messageId': f'e{next(_ids):04d}', 'timestamp': when.isoformat(),
              **({'userId': user} if user else {}), **({'anonymousId': anon} if anon else {})}
   if kind == 'identify':
     payload.update(type='identify', traits=fields)
+  elif kind in ('page', 'screen'):
+    payload.update(type=kind, name=fields.pop('name', None), properties=fields)
+  elif kind == 'group':
+    payload.update(type='group', groupId=fields.pop('group_id'), traits=fields)
+  elif kind == 'alias':
+    payload.update(type='alias', previousId=fields.pop('previous_id'), traits=fields)
   else:
     payload.update(type='track', event=kind, properties=fields)
   record = events.parse_event(orjson.dumps(payload), 'file:test', 1)

@@ -18,7 +18,7 @@ SMALL = {'customers': 200, 'products': 50, 'events': 3000, 'files': 3}
 TIME_KEYS = ('timestamp', 'originalTimestamp', 'sentAt', 'receivedAt')
 ALIASES = {'message_id': 'messageId', 'user_id': 'userId', 'anonymous_id': 'anonymousId',
            'original_timestamp': 'originalTimestamp', 'sent_at': 'sentAt',
-           'received_at': 'receivedAt'}
+           'received_at': 'receivedAt', 'previous_id': 'previousId', 'group_id': 'groupId'}
 
 
 @pytest.fixture(scope='module')
@@ -64,10 +64,12 @@ def classify(line: bytes) -> tuple[str, dict | None]:
   for alias, name in ALIASES.items():
     if alias in event and name not in event:
       event[name] = event.pop(alias)
-  ok = (event.get('type') in ('track', 'identify', 'page')
+  ok = (event.get('type') in ('track', 'identify', 'page', 'screen', 'group', 'alias')
         and isinstance(event.get('messageId'), str) and event['messageId']
         and (event.get('userId') or event.get('anonymousId'))
         and (event['type'] != 'track' or event.get('event'))
+        and (event['type'] != 'group' or event.get('groupId'))
+        and (event['type'] != 'alias' or (event.get('previousId') and event.get('userId')))
         and all(_time(event[k]) for k in TIME_KEYS if k in event)
         and _numbers_ok(event.get('properties')))
   return ('valid', event) if ok else ('invalid', event)

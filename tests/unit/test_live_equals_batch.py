@@ -65,6 +65,14 @@ def histories() -> tuple[list, list, list]:
       call(10, 'Product Viewed', 'c5', product_id='p1'),
       call(9, 'identify', 'c5', unsubscribed=True),
       call(20, 'identify', 'c5', unsubscribed=False),
+      # c7: an app's anonymous visitor (a view, a screen, an add), aliased to c7 in between, and
+      # a screen and a group after; the alias's and the group's traits change nothing.
+      call(12, 'Product Viewed', anon='a4', product_id='p3'),
+      call(11.9, 'screen', anon='a4', name='Cart'),
+      call(11.5, 'alias', 'c7', previous_id='a4', first_name='Not a trait', unsubscribed=True),
+      call(11.4, 'Product Added', anon='a4', product_id='p1'),
+      call(11.3, 'screen', 'c7', name='Checkout'),
+      call(11.2, 'group', 'c7', group_id='acct-1', first_name='Initech', email='o@initech.test'),
   ] + [call(8 + i / 10, 'Product Viewed', 'c6', product_id=f'p{i % 4 + 1}') for i in range(14)]
   # A shared device: linked to c4 an hour ago, and (a late, offline-queued identify) to c3 two
   # days ago. The earliest link wins in both paths: its browsing belongs to c3.
@@ -140,13 +148,16 @@ def test_live_documents_equal_batch_documents_whatever_the_arrival_order(tmp_pat
   batch = run_batch(free + links + device, crm, catalog, started)
   documents = dict(batch['documents'])
   # The histories reach every rule that could show arrival order, and consent.
-  assert set(documents) == {'c1', 'c2', 'c3', 'c4', 'c5', 'c6'}
+  assert set(documents) == {'c1', 'c2', 'c3', 'c4', 'c5', 'c6', 'c7'}
   assert documents['c5'] is None and documents['c6'] is None
   c1 = orjson.loads(documents['c1'])
   assert c1['first_name'] == 'Newest' and c1['orders']['count'] == 1
   assert [item['product_id'] for item in c1['cart']['items']] == ['p1'] and c1['cart']['abandoned']
   assert orjson.loads(documents['c3'])['cart']['item_count'] == 1
   assert orjson.loads(documents['c4'])['cart']['item_count'] == 0
+  c7 = orjson.loads(documents['c7'])
+  assert [v['product_id'] for v in c7['recently_viewed']] == ['p3']
+  assert c7['cart']['item_count'] == 1 and c7['first_name'] is None and c7['email_sha256'] is None
 
   shuffled = list(free)
   random.Random(seed).shuffle(shuffled)

@@ -27,12 +27,16 @@ times = st.one_of(st.datetimes(min_value=dt.datetime(1971, 1, 1), max_value=dt.d
 
 # Events that are close to valid, so the deeper rules (times, money, ids) are exercised too.
 near_events = st.fixed_dictionaries(
-    {'type': st.sampled_from(['track', 'identify', 'page'] * 3 + ['screen', '', None]),
+    {'type': st.sampled_from(['track', 'identify', 'page'] * 3
+                             + ['screen', 'group', 'alias', 'Screen', '', None]),
      'messageId': st.one_of(st.text(min_size=1, max_size=8), st.text(max_size=8), st.integers(),
                             st.none())},
     optional={
         'userId': st.one_of(st.text(max_size=8), st.none(), st.integers()),
         'anonymousId': st.one_of(st.text(max_size=8), st.none()),
+        'previousId': st.one_of(st.text(max_size=8), st.none(), st.integers()),
+        'groupId': st.one_of(st.text(max_size=8), st.none(), st.integers()),
+        'name': st.one_of(st.text(max_size=12), st.none()),
         'event': st.one_of(st.text(max_size=12), st.none()),
         'timestamp': st.one_of(
             times.map(lambda d: d.isoformat()), st.text(max_size=30), st.integers()),
@@ -62,10 +66,16 @@ def check(payload):
   assert result['user_id'] or result['anonymous_id']
   assert isinstance(result['event_time'], int)
   assert result['quantity'] is None or result['quantity'] >= 1
-  # Email fields are removed wherever the parser looks for them (and hashed).
+  # Email fields are removed wherever the parser looks for them (and hashed); a group's traits
+  # are the group's, not the customer's: the address stays, replaced by its token.
   context = result['context'] if isinstance(result['context'], dict) else {}
-  for holder in (result['properties'], result['traits'], context.get('traits')):
+  traits = result['traits'] if result['type'] != 'group' else None
+  for holder in (result['properties'], traits, context.get('traits')):
     assert not (isinstance(holder, dict) and 'email' in holder)
+  if result['type'] == 'group':
+    assert isinstance(result['group_id'], str) and result['group_id']
+  if result['type'] == 'alias':
+    assert result['user_id'] and result['anonymous_id']
   orjson.dumps(schemas.to_bigquery_row('events', result))  # always serialisable for BigQuery
   return result
 
@@ -96,4 +106,4 @@ def test_the_near_valid_strategy_reaches_valid_events_too():
   found = find(near_events, lambda v: isinstance(
       events.parse_event(json.dumps(v).encode(), 's', 1), dict),
                settings=settings(max_examples=20_000, database=None, derandomize=True))
-  assert found['type'] in ('track', 'identify', 'page')
+  assert found['type'] in schemas.supported_event_types()

@@ -80,7 +80,7 @@ def segment_calls(draw, kind=None, customer=None, product=None):
   kind = kind or draw(st.sampled_from([
       'Product Viewed', 'Product Viewed', 'Product Added', 'Product Added', 'Product Removed',
       'Order Completed', 'Order Cancelled', 'identify', 'Email Opened', 'Email Link Clicked',
-      'page', 'Checkout Started']))
+      'page', 'screen', 'group', 'alias', 'Checkout Started']))
   call = {'messageId': draw(st.text(min_size=1, max_size=6)),
           'userId': customer or draw(st.sampled_from(('c1', 'c1', 'c1') + CUSTOMERS))}
   at = draw(event_times)
@@ -92,8 +92,17 @@ def segment_calls(draw, kind=None, customer=None, product=None):
                 receivedAt=at.isoformat())
   if kind == 'identify':
     call.update(type='identify', traits=draw(traits))
-  elif kind == 'page':
-    call.update(type='page', name=draw(texts), properties=draw(optional(url=texts)))
+  elif kind in ('page', 'screen'):
+    call.update(type=kind, name=draw(texts), properties=draw(optional(url=texts)))
+  elif kind == 'group':
+    # Group traits are the group's: an address there is not the customer's.
+    call.update(type='group', groupId=draw(st.sampled_from(['g1', 'g2', ''])),
+                traits=draw(traits), context=draw(optional(traits=traits)))
+  elif kind == 'alias':
+    # previousId: an anonymousId or an earlier userId. Traits on an alias are not the Segment
+    # spec's, and the profile takes none from it.
+    call.update(type='alias', previousId=draw(st.sampled_from(['a1', 'a2', 'c2', ''])),
+                **draw(optional(traits=traits, context=optional(traits=traits))))
   else:
     call.update(type='track', event=kind)
     if kind in ('Product Viewed', 'Product Added', 'Product Removed'):
@@ -191,6 +200,25 @@ def test_folding_valid_events_never_raises_and_documents_keep_their_invariants(
       check_document(document, state)
 
 
+def as_page(record: dict) -> dict:
+  """A screen, group or alias record as a page call with the same id, time and email."""
+  if record['type'] not in (profile.SCREEN, 'group', 'alias'):
+    return record
+  return {**record, 'type': profile.PAGE}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(calls_strategy)
+def test_screen_group_and_alias_calls_fold_as_a_page_view_does(calls):
+  # A screen is a page view; a group or an alias changes only what every event changes (the
+  # time last seen, an email it carries): never the traits, even when it sends some. Their
+  # linking is the stitching's (tests/unit/test_call_types.py).
+  records = parsed(calls)
+  for customer_id in CUSTOMERS:
+    mine = [r for r in records if r['user_id'] == customer_id]
+    assert profile.fold(customer_id, mine) == profile.fold(customer_id, map(as_page, mine))
+
+
 # Coverage checks of the strategies: the first example found is enough (shrinking costs minutes).
 FIND = settings(max_examples=2000, database=None, derandomize=True, phases=[Phase.generate])
 
@@ -203,6 +231,15 @@ def test_the_strategy_produces_valid_events_of_each_kind(kind):
   found = find(segment_calls(), lambda c: [profile.event_name(r) for r in parsed([c])] == [kind],
                settings=FIND)
   assert profile.event_name(parsed([found])[0]) == kind
+
+
+@pytest.mark.parametrize('call_type', ['screen', 'group', 'alias'])
+def test_the_strategy_produces_valid_calls_of_each_new_type_some_with_traits(call_type):
+  def valid_with_traits(call):
+    records = parsed([call])
+    return (bool(records) and records[0]['type'] == call_type
+            and bool(call_type == 'screen' or call.get('traits', {}).get('first_name')))
+  assert find(segment_calls(), valid_with_traits, settings=FIND)
 
 
 def test_the_strategy_reaches_more_views_than_recently_viewed_keeps():

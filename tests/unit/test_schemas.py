@@ -75,7 +75,18 @@ def test_unknown_schema_is_a_clear_error():
 
 
 def test_supported_types_come_from_the_input_contract():
-  assert schemas.supported_event_types() == ('track', 'identify', 'page')
+  assert schemas.supported_event_types() == (
+      'track', 'identify', 'page', 'screen', 'group', 'alias')
+
+
+def test_group_id_is_a_nullable_column_added_last_and_the_avro_input_carries_the_new_ids():
+  # Last: a table created before the column gets the same order from ALTER TABLE ADD COLUMN
+  # (docs/DEPLOY.md).
+  fields = schemas.bigquery_fields('events')
+  assert fields[-1] == {**fields[-1], 'name': 'group_id', 'type': 'STRING', 'mode': 'NULLABLE'}
+  assert fields[-1]['description']
+  avro_input = {f['name'] for f in schemas.segment_event_avro_schema()['fields']}
+  assert {'previousId', 'groupId'} <= avro_input
 
 
 def test_encoded_records_decode_to_equal_records_decimals_included():

@@ -32,7 +32,7 @@ def track(message_id, user_id='c1', time='2026-11-02T10:00:00Z', name='Product V
 def test_parse_events_splits_valid_events_from_dead_letters():
   inputs = [('file:a', track('m1'), None), ('file:a', b'{broken', None),
             ('pubsub', track('m2'), {'origin': 'web'}),
-            ('pubsub', orjson.dumps({'type': 'alias', 'messageId': 'x', 'userId': 'u'}),
+            ('pubsub', orjson.dumps({'type': 'merge', 'messageId': 'x', 'userId': 'u'}),
              {'origin': 'app'}),
             ('file:b', b'\xff\xfe', None), ('file:b', track('m3', properties={'price': 'free'}), None)]
   with batch_pipeline() as p:
@@ -193,6 +193,30 @@ def test_read_event_files_reads_avro_of_the_same_record_shape(tmp_path):
                 label='Events')
     assert_that(parsed.dead_letter | beam.Map(lambda d: (d['failure_type'], d['error_message'])),
                 equal_to([('schema_violation', 'properties must be object')]), label='Dead')
+
+
+def test_avro_input_carries_alias_and_group_ids(tmp_path):
+  schema = fastavro.parse_schema(schemas.segment_event_avro_schema())
+  records = [
+      {'type': 'alias', 'messageId': 'av4', 'userId': 'c1', 'previousId': 'anon-1',
+       'timestamp': '2026-11-02T10:00:00Z'},
+      {'type': 'group', 'messageId': 'av5', 'userId': 'c1', 'groupId': 'acct-1',
+       'timestamp': '2026-11-02T10:00:00Z', 'traits': '{"name": "Initech"}'},
+      {'type': 'screen', 'messageId': 'av6', 'anonymousId': 'anon-1', 'name': 'Home',
+       'timestamp': '2026-11-02T10:00:00Z'},
+  ]
+  path = tmp_path / 'calls.avro'
+  with open(path, 'wb') as out:
+    fastavro.writer(out, schema, records)
+  with batch_pipeline() as p:
+    parsed = p | ReadEventFiles([str(path)]) | ParseEvents()
+    assert_that(parsed.events | beam.Map(lambda e: (
+        e['message_id'], e['type'], e['event'], e['user_id'], e['anonymous_id'], e['group_id'],
+        e['traits'])), equal_to([
+            ('av4', 'alias', None, 'c1', 'anon-1', None, None),
+            ('av5', 'group', None, 'c1', None, 'acct-1', {'name': 'Initech'}),
+            ('av6', 'screen', 'Home', None, 'anon-1', None, None)]), label='Events')
+    assert_that(parsed.dead_letter, equal_to([]), label='NoDeadLetters')
 
 
 def test_read_reference_parses_rows_and_dead_letters_bad_ones(tmp_path):

@@ -3,6 +3,10 @@
 `parse_event(payload, source, ingested_at_micros)` returns either an event record (a dict shaped
 like `schemas/events.avsc`, with JSON columns as Python objects) or a `Rejection` saying why not.
 It never raises on bad input: every payload ends up valid or rejected.
+
+The six Segment calls become records of one shape: `event` holds the name of a track, page or
+screen call; an alias's `previousId` becomes its `anonymous_id`, so that it links the two ids as
+any event carrying both does (transforms.rules.identity); a group's `groupId` goes to `group_id`.
 """
 from __future__ import annotations
 
@@ -38,7 +42,11 @@ _ALIASES = {
     'original_timestamp': 'originalTimestamp',
     'sent_at': 'sentAt',
     'received_at': 'receivedAt',
+    'previous_id': 'previousId',
+    'group_id': 'groupId',
 }
+# Calls whose `event` column holds a name, and the field it comes from.
+_NAME_FIELDS = {'track': 'event', 'page': 'name', 'screen': 'name'}
 _TIME_FIELDS = ('timestamp', 'originalTimestamp', 'sentAt', 'receivedAt')
 # Event times outside this range are rejected: BigQuery DAY partitions hold 1960..2159, and a
 # timestamp in year 1 or 9999 is a client bug, not a customer action.
@@ -101,7 +109,9 @@ def parse_event(payload: bytes | str,
   properties = raw.get('properties')
   traits = raw.get('traits')
   context = raw.get('context')
-  email = _pop_email(traits, properties, context)
+  # A group's traits describe the group: their address is not the customer's, so it is not
+  # hashed into email_sha256 but replaced by a token below, like an address under any other key.
+  email = _pop_email(None if call_type == 'group' else traits, properties, context)
   if (b'@' if isinstance(payload, bytes) else '@') in payload:
     # An address under any other key (`recipient`, `Email`, a URL's query) is stored nowhere
     # either: every string of the free-form fields gets the token dead letters use.
@@ -113,9 +123,9 @@ def parse_event(payload: bytes | str,
   return {
       'message_id': raw['messageId'],
       'type': call_type,
-      'event': raw.get('event') if call_type == 'track' else raw.get('name'),
+      'event': raw.get(_NAME_FIELDS[call_type]) if call_type in _NAME_FIELDS else None,
       'user_id': raw.get('userId') or None,
-      'anonymous_id': raw.get('anonymousId') or None,
+      'anonymous_id': raw.get('previousId' if call_type == 'alias' else 'anonymousId') or None,
       'event_time': schemas.datetime_to_micros(event_time),
       'original_timestamp': _micros_or_none(times.get('originalTimestamp')),
       'sent_at': _micros_or_none(times.get('sentAt')),
@@ -127,6 +137,7 @@ def parse_event(payload: bytes | str,
       'context': context,
       'source': source,
       'ingested_at': ingested_at,
+      'group_id': raw.get('groupId') if call_type == 'group' else None,
   }
 
 

@@ -1,10 +1,13 @@
 """Identity stitching rules. Pure functions, no Beam.
 
-An event carrying both a userId and an anonymousId links them. Events that carry only an
-anonymousId belong to the linked userId. When one anonymousId is linked to several userIds (a
-shared device), the earliest link by event time wins (`wins`), so the result does not depend on
-input order. Batch applies the rule over the whole input; streaming applies it to the links seen
-so far (docs/DATA_CONTRACT.md, "Streaming", says when the two differ).
+An event carrying both a userId and an anonymousId links them; so does an alias, whose
+previousId the parser gives as its anonymousId (transforms.rules.events), whether it is an
+anonymousId or an earlier userId (two known userIds are not merged: events carrying the earlier
+one stay its own). Events that carry only an anonymousId belong to the linked userId. When one
+anonymousId is linked to several userIds (a shared device), the earliest link by event time wins
+(`wins`), so the result does not depend on input order. Batch applies the rule over the whole
+input; streaming applies it to the links seen so far (docs/DATA_CONTRACT.md, "Streaming", says
+when the two differ).
 """
 from __future__ import annotations
 

@@ -13,9 +13,9 @@ nothing more. Times are epoch microseconds.
 from transforms.rules.profile.cart import MAX_CART_OPS
 from transforms.rules.profile.fold import (ADD_WEIGHT, EMAIL_CLICKED, EMAIL_OPENED,
                                            MAX_RECENTLY_VIEWED, ORDER_CANCELLED,
-                                           ORDER_COMPLETED, ORDER_WEIGHT, PRODUCT_ADDED,
-                                           PRODUCT_REMOVED, PRODUCT_VIEWED, VIEW_WEIGHT, apply,
-                                           event_name, fold, fold_input, new_state,
+                                           ORDER_COMPLETED, ORDER_WEIGHT, PAGE, PRODUCT_ADDED,
+                                           PRODUCT_REMOVED, PRODUCT_VIEWED, SCREEN, VIEW_WEIGHT,
+                                           apply, event_name, fold, fold_input, new_state,
                                            upgraded)
 from transforms.rules.profile.recommendations import (MAX_RECOMMENDATIONS, Recommender,
                                                       interacted_products)
@@ -26,7 +26,7 @@ from transforms.rules.profile.render import (MAX_TOP_CATEGORIES, SCHEMA_VERSION,
 __all__ = [
     'ADD_WEIGHT', 'EMAIL_CLICKED', 'EMAIL_OPENED', 'MAX_CART_OPS', 'MAX_RECENTLY_VIEWED',
     'MAX_RECOMMENDATIONS', 'MAX_TOP_CATEGORIES', 'ORDER_CANCELLED', 'ORDER_COMPLETED',
-    'ORDER_WEIGHT', 'PRODUCT_ADDED', 'PRODUCT_REMOVED', 'PRODUCT_VIEWED', 'SCHEMA_VERSION',
-    'VIEW_WEIGHT', 'Recommender', 'Settings', 'apply', 'cart_abandoned_from', 'event_name',
-    'fold', 'fold_input', 'interacted_products', 'money', 'new_state', 'product_fields',
-    'render', 'segment', 'suppressed', 'top_categories', 'upgraded']
+    'ORDER_WEIGHT', 'PAGE', 'PRODUCT_ADDED', 'PRODUCT_REMOVED', 'PRODUCT_VIEWED',
+    'SCHEMA_VERSION', 'SCREEN', 'VIEW_WEIGHT', 'Recommender', 'Settings', 'apply',
+    'cart_abandoned_from', 'event_name', 'fold', 'fold_input', 'interacted_products', 'money',
+    'new_state', 'product_fields', 'render', 'segment', 'suppressed', 'top_categories', 'upgraded']

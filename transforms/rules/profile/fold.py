@@ -25,6 +25,8 @@ ORDER_COMPLETED = 'Order Completed'
 ORDER_CANCELLED = 'Order Cancelled'
 EMAIL_OPENED = 'Email Opened'
 EMAIL_CLICKED = 'Email Link Clicked'
+# Call types. A screen (a mobile app's view) counts as a page view wherever views are counted.
+PAGE, SCREEN = 'page', 'screen'
 
 # Interaction weights for top_categories.
 VIEW_WEIGHT, ADD_WEIGHT, ORDER_WEIGHT = 1, 3, 5
@@ -37,8 +39,14 @@ MONEY = decimal.Context(prec=60)
 
 
 def event_name(event: dict) -> str:
-  """The name an event is counted under: the track event name, else the call type."""
-  return event['event'] if event['type'] == 'track' and event.get('event') else event['type']
+  """The name an event is counted under: the track event name, else the call type, `page` for a
+  screen. Group and alias calls count under their type and fold like any event (the time and
+  email every event carries), an alias having linked its ids before the fold
+  (transforms.rules.identity)."""
+  call_type = event['type']
+  if call_type == 'track' and event.get('event'):
+    return event['event']
+  return PAGE if call_type == SCREEN else call_type
 
 
 def new_state(customer_id: str) -> dict:
