@@ -89,7 +89,9 @@ class RunSummary:
       lines.append(f'  BigQuery rows sent to {table:<26} {count:>8,}')
     for table, count in self.by_prefix(_REJECTED_PREFIX).items():
       lines.append(f'  BigQuery rows rejected by {table:<22} {count:>8,}')
-    for label, name in (('events stitched to a customer', metrics.EVENTS_STITCHED),
+    for label, name in (('Pub/Sub messages with a bad source attribute',
+                         metrics.PUBSUB_SOURCE_INVALID),
+                        ('events stitched to a customer', metrics.EVENTS_STITCHED),
                         ('anonymous events never linked', metrics.EVENTS_ANONYMOUS_UNLINKED),
                         ('events about products not in the catalog',
                          metrics.PRODUCTS_NOT_IN_CATALOG),

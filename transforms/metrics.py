@@ -19,6 +19,8 @@ EVENTS_DUPLICATE = 'events_duplicate'
 EVENTS_UNIQUE = 'events_unique'
 EVENTS_DEAD_LETTERED = 'events_dead_lettered'
 BLANK_LINES = 'blank_lines_skipped'
+# Pub/Sub messages whose `source` attribute is not a valid name (tagged `pubsub`, still parsed).
+PUBSUB_SOURCE_INVALID = 'pubsub_source_attribute_invalid'
 # Reference data: read = valid + dead_lettered, per kind (customers, catalog).
 REFERENCE_READ = '{kind}_read'
 REFERENCE_VALID = '{kind}_valid'

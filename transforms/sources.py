@@ -11,17 +11,12 @@ from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
 from transforms import metrics
-from transforms.rules import dead_letters, events, reference
+from transforms.rules import dead_letters, events, reference, source_tags
 from transforms.rules.dead_letters import Rejection
+from transforms.rules.source_tags import file_source
 from transforms.settings import PubSubSource
 
-
-def file_source(path: str) -> str:
-  """The `source` tag of a record read from a file."""
-  return f'file:{path}'
-
-
-PUBSUB_SOURCE = 'pubsub'
+PUBSUB_SOURCE = source_tags.PUBSUB
 
 
 class _TagLines(beam.DoFn):
@@ -172,16 +167,29 @@ class ReadWholeEventFiles(beam.PTransform):
                      for i, pattern in enumerate(self._patterns)])
 
 
-def _message_to_triple(message):
-  return PUBSUB_SOURCE, message.data, dict(message.attributes or {})
+class _ToTripleFn(beam.DoFn):
+  """PubsubMessage -> (source, payload, attributes): source `pubsub:<name>` from a valid `source`
+  attribute, else `pubsub` (transforms.rules.source_tags); a message whose `source` attribute is
+  not a valid name keeps its place and is counted (`pubsub_source_attribute_invalid`)."""
+
+  def __init__(self):
+    self._bad_source = metrics.counter(metrics.PUBSUB_SOURCE_INVALID)
+
+  def process(self, message):
+    attributes = dict(message.attributes or {})
+    if source_tags.has_bad_source(attributes):
+      self._bad_source.inc()
+    yield source_tags.pubsub_source(attributes), message.data, attributes
 
 
 @beam.typehints.with_output_types(tuple[str, bytes, dict])
 class ReadPubSubEvents(beam.PTransform):
   """Reads events from the Pub/Sub subscription of `source`, with attributes.
 
-  Produces `(source, payload, attributes)` triples with source `pubsub`. The element timestamp is
-  the publish time here; the event time is taken from the payload after parsing.
+  Produces `(source, payload, attributes)` triples with source `pubsub:<name>` when the message
+  has a valid `source` attribute (the collector's, from the write key), else `pubsub`. The
+  element timestamp is the publish time here; the event time is taken from the payload after
+  parsing.
   `source.id_attribute` turns on Pub/Sub's own dedupe by an attribute (Dataflow only; the
   DirectRunner does not support it, and the graph dedupes by messageId in any case).
   """
@@ -196,7 +204,7 @@ class ReadPubSubEvents(beam.PTransform):
             | 'ReadPubSub' >> beam.io.ReadFromPubSub(subscription=self._subscription,
                                                      with_attributes=True,
                                                      id_label=self._id_attribute)
-            | 'ToTriple' >> beam.Map(_message_to_triple))
+            | 'ToTriple' >> beam.ParDo(_ToTripleFn()))
 
 
 class _ParseReferenceFile(beam.DoFn):

@@ -17,6 +17,9 @@ def test_summary_adds_up():
   text = s.render()
   assert 'check: read 10 = written 6 + duplicates 2 + dead-lettered 2' in text
   assert 'invalid_json' in text and 'documents written' in text
+  assert 'bad source attribute' not in text
+  assert 'Pub/Sub messages with a bad source attribute' in summary(
+      pubsub_source_attribute_invalid=3).render()
 
 
 @pytest.mark.parametrize('counters, words', [

@@ -49,6 +49,32 @@ def test_parse_events_splits_valid_events_from_dead_letters():
                 label='DeadLetters')
 
 
+def test_pubsub_messages_are_tagged_with_their_valid_source_attribute():
+  # FnApiRunner. The collector's `source` attribute names the write key's source; a bad one
+  # (too long, a space, empty) keeps the event, tagged `pubsub`, and is counted.
+  from apache_beam.io.gcp.pubsub import PubsubMessage
+  from apache_beam.metrics.metric import MetricsFilter
+  from transforms import metrics, sources
+  messages = [PubsubMessage(track('m1'), {'source': 'web', 'received_at': '2026-11-02T10:00Z'}),
+              PubsubMessage(track('m2'), {'source': 'server'}),
+              PubsubMessage(track('m3'), None),
+              PubsubMessage(track('m4'), {'source': 'x' * 65}),
+              PubsubMessage(track('m5'), {'source': 'web app'}),
+              PubsubMessage(b'{broken', {'source': 'ios-1.2_beta'})]
+  p = batch_pipeline()
+  parsed = (p | beam.Create(messages) | beam.ParDo(sources._ToTripleFn()) | ParseEvents())
+  assert_that(parsed.events | beam.Map(lambda e: (e['message_id'], e['source'])), equal_to([
+      ('m1', 'pubsub:web'), ('m2', 'pubsub:server'), ('m3', 'pubsub'), ('m4', 'pubsub'),
+      ('m5', 'pubsub')]), label='Events')
+  assert_that(parsed.dead_letter | beam.Map(lambda d: (d['source'], d['attributes'])),
+              equal_to([('pubsub:ios-1.2_beta', {'source': 'ios-1.2_beta'})]), label='Dead')
+  result = p.run()
+  result.wait_until_finish()
+  bad = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE).with_name(
+      metrics.PUBSUB_SOURCE_INVALID))['counters']
+  assert sum(c.committed for c in bad) == 2
+
+
 def test_parse_events_honours_the_size_limit():
   with batch_pipeline() as p:
     out = p | beam.Create([('s', track('m1'), None),
