@@ -51,8 +51,9 @@ demo: venv
 	@echo "The local stack and the connector are still running: 'make stop' stops them; '$(STACK) env' prints the stack's environment."
 
 ## stream: the real-time path. Starts its own local stack (.localstack/stream), the streaming job
-## on the BundleBasedDirectRunner and a publisher replaying the sample at RATE events/s; Ctrl-C
-## stops all of it. RATE=10 by default (see docs/STREAMING.md for what this runner sustains).
+## on the BundleBasedDirectRunner, the tracking collector and the Segment Python client replaying
+## the sample through it at RATE events/s; Ctrl-C stops all of it. RATE=10 by default (see
+## docs/STREAMING.md for what this runner sustains).
 RATE ?= 10
 stream: venv
 	$(PY) -m scripts.stream --rate $(RATE) --data $(DATA)

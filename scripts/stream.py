@@ -1,20 +1,25 @@
-"""The real-time path, locally: emulators, the streaming job and a publisher replaying the sample.
+"""The real-time path, locally: emulators, the tracking collector, the streaming job and the real
+Segment Python client replaying the sample through the collector.
 
     python -m scripts.stream [--rate 10] [--limit N] [--seconds S] [--data data/sample]
 
 What `make stream` runs. In order: starts the local stack (scripts.localstack, its own state dir
 so it never touches the demo's), generates the sample data if missing, creates the events topic,
 the pipeline's subscription and the triggers topic, starts the streaming job (`python -m
-pipeline.run --streaming` on the BundleBasedDirectRunner, log in <state-dir>/pipeline.log) and a
-publisher (`python -m scripts.publish`) that replays the sample events at --rate events/s with
-their times moved to now. Every 10 s it prints what was published and what the serving
-collection holds.
+pipeline.run --streaming` on the BundleBasedDirectRunner, log in <state-dir>/pipeline.log), the
+collector (`python -m collector` on 127.0.0.1:--collector-port, log in <state-dir>/collector.log)
+with the local-only write key scripts.collect.LOCAL_WRITE_KEY (source `sample`), and a replayer
+(`python -m scripts.replay`) that sends the sample events at --rate events/s through
+`segment.analytics.Client(host=<collector>)`, their times moved to now. Every 10 s it prints how
+many events the collector accepted and how many documents the serving collection holds. While it
+runs, any SDK pointed at the printed collector URL with that key feeds the same job.
 
-Ctrl-C (SIGINT) or SIGTERM stops everything in order: the publisher, then the job (it cancels
-itself on SIGTERM; what it read is already acknowledged: docs/STREAMING.md says what that means),
-then the emulators this script started. The job and the publisher run in their
-own process groups so a terminal's Ctrl-C reaches only this script, which stops them in that
-order. --seconds or --limit end the run by themselves (handy for tests and CI).
+Ctrl-C (SIGINT) or SIGTERM stops everything in order: the replayer (it flushes what its client
+holds), the collector (it answers what is in flight, flushes to Pub/Sub and exits 0), then the job
+(it cancels itself on SIGTERM; what it read is already acknowledged: docs/STREAMING.md says what
+that means), then the emulators this script started. The job, the collector and the replayer run
+in their own process groups so a terminal's Ctrl-C reaches only this script, which stops them in
+that order. --seconds or --limit end the run by themselves (handy for tests and CI).
 """
 from __future__ import annotations
 
@@ -27,7 +32,8 @@ import subprocess
 import sys
 import time
 
-from scripts import localstack, publish
+from scripts import collect, localstack, publish
+from scripts.demo_connector import free_port, wait_ready
 
 _log = logging.getLogger('scripts.stream')
 PROJECT = 'demo-local'
@@ -35,6 +41,7 @@ TOPIC = 'events'
 SUBSCRIPTION = 'events-pipeline'
 TRIGGERS_TOPIC = 'cart-triggers'
 COLLECTION = 'customers'
+SOURCE = 'sample'  # the collector's source name for the replayed sample (the `source` attribute)
 
 
 class _Stop(Exception):
@@ -118,16 +125,19 @@ def document_count(collection: str) -> int | None:
 
 def main(argv: list[str] | None = None) -> int:
   logging.basicConfig(level=logging.INFO, format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+  logging.getLogger('httpx').setLevel(logging.WARNING)  # one line per /metrics or /readyz call
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--rate', type=float, default=10.0, help='events published per second')
+  parser.add_argument('--rate', type=float, default=10.0, help='events sent per second')
   parser.add_argument('--limit', type=int, default=None,
-                      help='publish this many events, then keep running until stopped')
+                      help='send this many events, then keep running until stopped')
   parser.add_argument('--seconds', type=float, default=None,
                       help='stop everything after this many seconds (default: until Ctrl-C)')
   parser.add_argument('--data', type=pathlib.Path, default=pathlib.Path('data/sample'),
                       help='sample data directory (generated when missing)')
   parser.add_argument('--state-dir', type=pathlib.Path,
                       default=pathlib.Path('.localstack/stream'))
+  parser.add_argument('--collector-port', type=int, default=collect.DEFAULT_PORT,
+                      help='port of the collector (a free one when it is taken)')
   parser.add_argument('--pipeline-arg', action='append', default=[],
                       help='extra option for the streaming job (repeatable)')
   args = parser.parse_args(argv)
@@ -136,9 +146,11 @@ def main(argv: list[str] | None = None) -> int:
   args.state_dir.mkdir(parents=True, exist_ok=True)
   signal.signal(signal.SIGINT, _raise_stop)
   signal.signal(signal.SIGTERM, _raise_stop)
-  job = publisher = None
-  topic = None
+  job = collector = replayer = None
+  topic = base = None
   job_log = args.state_dir / 'pipeline.log'
+  collector_log = args.state_dir / 'collector.log'
+  replayer_log = args.state_dir / 'replayer.log'
   status = 0
   try:
     env = localstack.start(args.state_dir)
@@ -149,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                      check=True)
     topic, subscription = publish.ensure_topic_and_subscription(PROJECT, TOPIC, SUBSCRIPTION)
     triggers, _ = publish.ensure_topic_and_subscription(PROJECT, TRIGGERS_TOPIC)
-    for old_log in (job_log, args.state_dir / 'publisher.log'):
-      old_log.unlink(missing_ok=True)  # the summary shown at the end must be this run's
+    for old_log in (job_log, collector_log, replayer_log):
+      old_log.unlink(missing_ok=True)  # what is shown at the end must be this run's
     job = start_process(pipeline_command(subscription, [
         f'--customers={args.data / "customers.csv"}', f'--catalog={args.data / "catalog.csv"}',
         f'--collection={COLLECTION}', f'--triggers_topic={triggers}',
@@ -160,30 +172,43 @@ def main(argv: list[str] | None = None) -> int:
         '--document_flush_seconds=0', *args.pipeline_arg]),
         job_log)
     _log.info('streaming job started (pid %d), log: %s', job.pid, job_log)
-    publisher_command = [sys.executable, '-m', 'scripts.publish', '--topic', TOPIC,
-                         '--events', str(args.data / 'events-*.ndjson.gz'),
-                         '--rate', str(args.rate)]
+    port = args.collector_port
+    if not localstack.port_is_free(port):
+      port = free_port()
+    base = f'http://127.0.0.1:{port}'
+    collector = collect.start_collector(collector_log, PROJECT, TOPIC,
+                                        {collect.LOCAL_WRITE_KEY: SOURCE}, port)
+    if not wait_ready(base, collector):
+      raise localstack.LocalStackError(
+          'the collector did not start; its log ends with:\n'
+          + '\n'.join(localstack.tail_lines(collector_log, 20)))
+    _log.info('collector started (pid %d) on %s, log: %s; write key %s (local only, not a '
+              'secret): any SDK pointed there feeds this job', collector.pid, base,
+              collector_log, collect.LOCAL_WRITE_KEY)
+    replayer_command = [sys.executable, '-m', 'scripts.replay', '--host', base,
+                        '--write-key', collect.LOCAL_WRITE_KEY,
+                        '--events', str(args.data / 'events-*.ndjson.gz'), '--rate', str(args.rate)]
     if args.limit is not None:
-      publisher_command += ['--limit', str(args.limit)]
-    publisher = start_process(publisher_command, args.state_dir / 'publisher.log')
-    _log.info('publishing the sample at %.0f events/s (log: %s); Ctrl-C stops everything',
-              args.rate, args.state_dir / 'publisher.log')
+      replayer_command += ['--limit', str(args.limit)]
+    replayer = start_process(replayer_command, replayer_log)
+    _log.info('replayer started (pid %d): the sample through the collector with the Segment '
+              'Python client at %.0f events/s (log: %s); Ctrl-C stops everything',
+              replayer.pid, args.rate, replayer_log)
     started = time.monotonic()
     next_report = started + 10
     while args.seconds is None or time.monotonic() - started < args.seconds:
-      if job.poll() is not None:
-        _log.error('the streaming job exited with code %s; its log ends with:\n%s',
-                   job.returncode, '\n'.join(localstack.tail_lines(job_log, 30)))
-        status = 1
+      for name, process, log_path in (('streaming job', job, job_log),
+                                      ('collector', collector, collector_log)):
+        if process.poll() is not None:
+          _log.error('the %s exited with code %s; its log ends with:\n%s', name,
+                     process.returncode, '\n'.join(localstack.tail_lines(log_path, 30)))
+          status = 1
+      if status:
         break
       if time.monotonic() >= next_report:
         next_report += 10
-        published = '?'
-        lines = localstack.tail_lines(args.state_dir / 'publisher.log', 1)
-        if lines and 'published' in lines[-1]:
-          published = lines[-1].split('published ', 1)[1]
-        _log.info('publisher: %s; serving documents in Firestore: %s', published,
-                  document_count(COLLECTION))
+        _log.info('events the collector accepted from the replayer: %s; serving documents in '
+                  'Firestore: %s', accepted_events(base), document_count(COLLECTION))
       time.sleep(0.5)
   except _Stop as stop:
     _log.info('%s: stopping', stop)
@@ -193,13 +218,28 @@ def main(argv: list[str] | None = None) -> int:
   finally:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stop_process(publisher)
+    stop_process(replayer, timeout=30)  # it flushes its client first
+    if replayer is not None:
+      _log.info('replayer exited with code %s; %s', replayer.returncode,
+                (localstack.tail_lines(replayer_log, 1) or ['no log'])[-1])
+    if collector is not None:
+      accepted = accepted_events(base)
+      _log.info('collector exited with code %s (it accepted %s events)',
+                collect.stop_collector(collector), accepted)
     if job is not None:
       _log.info('stopping the streaming job (up to about 30 s on the DirectRunner)')
       code = stop_pipeline(job, topic)
       _log.info('streaming job exited with code %s; %s', code, job_summary(job_log))
     localstack.stop(args.state_dir)
   return status
+
+
+def accepted_events(base: str | None) -> str:
+  """How many events the collector published for the sample's source ('?' if it cannot tell)."""
+  try:
+    return str(int(collect.metric(base, 'collector_events_accepted_total', source=SOURCE)))
+  except Exception:  # progress output only; never stop the run over it
+    return '?'
 
 
 if __name__ == '__main__':

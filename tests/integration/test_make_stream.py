@@ -1,6 +1,7 @@
-"""`make stream` end to end: `python -m scripts.stream` starts its own emulators, the streaming job
-and the publisher; documents reach Firestore; Ctrl-C (SIGINT to the script only, as a terminal
-sends it) stops the publisher, the job and the emulators, and leaves no process behind."""
+"""`make stream` end to end: `python -m scripts.stream` starts its own emulators, the streaming job,
+the collector and the Segment-client replayer; documents reach Firestore, every event having gone
+through the collector; Ctrl-C (SIGINT to the script only, as a terminal sends it) stops the
+replayer, the collector, the job and the emulators, and leaves no process behind."""
 import json
 import os
 import pathlib
@@ -12,18 +13,10 @@ import time
 
 from google.cloud import firestore
 
-from scripts import localstack
+from scripts import collect, localstack
+from tests.integration.helpers import alive
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  stat = pathlib.Path(f'/proc/{pid}/stat')
-  return not (stat.exists() and stat.read_text().split(')')[-1].split()[0] == 'Z')
 
 
 def test_stream_runs_and_ctrl_c_stops_everything(tmp_path, monkeypatch):
@@ -65,6 +58,9 @@ def test_stream_runs_and_ctrl_c_stops_everything(tmp_path, monkeypatch):
     emulator_pids = [int(c['pid']) for c in recorded['components'].values()]
     text = output.read_text()
     job_pid = int(re.search(r'streaming job started \(pid (\d+)\)', text).group(1))
+    collector_pid = int(re.search(r'collector started \(pid (\d+)\)', text).group(1))
+    replayer_pid = int(re.search(r'replayer started \(pid (\d+)\)', text).group(1))
+    assert f'write key {collect.LOCAL_WRITE_KEY} (local only' in text
     script.send_signal(signal.SIGINT)
     assert script.wait(timeout=150) == 0, output.read_text()[-3000:]
   finally:
@@ -76,5 +72,18 @@ def test_stream_runs_and_ctrl_c_stops_everything(tmp_path, monkeypatch):
   assert 'SIGINT: stopping' in text
   assert 'streaming job exited with code 0' in text, text[-3000:]
   assert re.search(r'Run summary\n.*events read +[1-9]', text), text[-3000:]  # the job's summary
-  assert not any(_alive(pid) for pid in [job_pid, *emulator_pids]), text[-2000:]
+  # Every event the replayer's Segment client sent was accepted by the collector, in batches
+  # posted to /v1/batch with the sample's write key; and the collector exited cleanly.
+  sent = int(re.search(r'sent (\d+) events in', (state_dir / 'replayer.log').read_text()).group(1))
+  requests = [json.loads(line) for line in (state_dir / 'collector.log').read_text().splitlines()
+              if '"collector.access"' in line]
+  assert requests and {(r['route'], r['status'], r['source']) for r in requests} == \
+      {('/v1/batch', 200, 'sample')}
+  accepted = int(re.search(r'collector exited with code 0 \(it accepted (\d+) events\)',
+                           text).group(1))
+  assert sum(r['events'] for r in requests) == accepted == sent >= 20, text[-3000:]
+  assert text.index('replayer exited with code 0') < text.index('collector exited') < \
+      text.index('streaming job exited')
+  assert not any(alive(pid) for pid in [job_pid, collector_pid, replayer_pid, *emulator_pids]), \
+      text[-2000:]
   assert not (state_dir / 'state.json').exists()
