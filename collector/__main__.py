@@ -24,6 +24,10 @@ def main(argv=None) -> int:
   server = uvicorn.Server(uvicorn.Config(
       app, host=settings.host, port=settings.port, lifespan='on', access_log=False,
       log_config=None, loop='uvloop', http='httptools', server_header=False,
+      # X-Forwarded-For is believed only as COLLECTOR_TRUSTED_PROXIES says (events.client_ip);
+      # uvicorn's own proxy handling would rewrite the peer first, trusting 127.0.0.1 (or
+      # FORWARDED_ALLOW_IPS) behind the collector's back.
+      proxy_headers=False,
       limit_concurrency=settings.max_concurrency,
       # SIGTERM: uvicorn stops accepting and waits for requests in flight (each waits at most
       # for its body and its publish), then the lifespan shutdown flushes the Pub/Sub client.
