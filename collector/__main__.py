@@ -28,6 +28,9 @@ def main(argv=None) -> int:
       # uvicorn's own proxy handling would rewrite the peer first, trusting 127.0.0.1 (or
       # FORWARDED_ALLOW_IPS) behind the collector's back.
       proxy_headers=False,
+      # No WebSocket: with a WebSocket library installed, uvicorn would hand an Upgrade request
+      # to the app as a `websocket` scope, which it does not serve, and answer 500.
+      ws='none',
       limit_concurrency=settings.max_concurrency,
       # SIGTERM: uvicorn stops accepting and waits for requests in flight (each waits at most
       # for its body and its publish), then the lifespan shutdown flushes the Pub/Sub client.
