@@ -188,6 +188,25 @@ def key_line(key: str = KEY) -> bytes:
   return b'Authorization: ' + basic(key)['Authorization'].encode()
 
 
+def responses(data: bytes) -> list[tuple[int, bytes]]:
+  """(status, body) of each response in `data`, everything one connection answered."""
+  found = []
+  while data:
+    head, _, rest = data.partition(b'\r\n\r\n')
+    length = next(int(line.split(b':', 1)[1]) for line in head.lower().split(b'\r\n')
+                  if line.startswith(b'content-length:'))
+    found.append((int(head.split(b' ', 2)[1]), rest[:length]))
+    data = rest[length:]
+  return found
+
+
+def read_all(sock: socket.socket) -> bytes:
+  chunks = []
+  while chunk := sock.recv(65536):
+    chunks.append(chunk)
+  return b''.join(chunks)
+
+
 # ---- write keys ------------------------------------------------------------------------------
 
 def test_the_key_in_the_basic_header_or_in_the_body_is_accepted(served):
@@ -253,6 +272,55 @@ def test_a_beacon_with_a_wrong_key_and_a_basic_header_of_raw_bytes_get_401(serve
   status, _, _ = raw(served.port, request_head(b'POST', b'/v1/track', [
       b'Host: x', b'Authorization: Basic d2tf\x80\xffYWJ1c2U=', b'Content-Length: 2',
       b'Connection: close']) + b'{}')
+  assert status == 401
+  assert served.published() == []
+
+
+def test_a_forwarded_for_header_from_an_untrusted_peer_is_not_believed(served):
+  """No proxy is trusted here: context.ip is the TCP peer, whatever X-Forwarded-For claims;
+  an address the client put in context.ip itself is kept as sent."""
+  spoofed, own = fresh('xff'), fresh('own-ip')
+  assert served.post('/v1/track', body(event(spoofed)),
+                     headers={'X-Forwarded-For': '198.51.100.1, 10.0.0.1'}).status_code == 200
+  assert served.post('/v1/track', body(event(own, context={'ip': '192.0.2.1'})),
+                     headers={'X-Forwarded-For': '198.51.100.1'}).status_code == 200
+  ips = {e['messageId']: e['context']['ip'] for e, _ in served.published()}
+  assert ips == {spoofed: '127.0.0.1', own: '192.0.2.1'}
+
+
+def test_a_refused_requests_body_is_never_taken_for_a_request_of_its_own(served):
+  """Pipelined on one connection: a request with a wrong key is refused before its body is
+  read, and that body, itself a complete valid request, must be skipped, not run."""
+  smuggled, honest = fresh('smuggled'), fresh('honest')
+
+  def track(message_id, key, last=False):
+    data = body(event(message_id))
+    return request_head(b'POST', b'/v1/track', [
+        b'Host: x', key_line(key), b'Content-Length: %d' % len(data),
+        *([b'Connection: close'] if last else [])]) + data
+
+  inner = track(smuggled, KEY)
+  outer = request_head(b'POST', b'/v1/track', [b'Host: x', key_line(UNKNOWN),
+                                                b'Content-Length: %d' % len(inner)]) + inner
+  with socket.create_connection(('127.0.0.1', served.port), timeout=20) as sock:
+    sock.sendall(outer + track(honest, KEY, last=True))
+    answered = responses(read_all(sock))
+  assert [status for status, _ in answered] == [401, 200]
+  assert served.published_ids() == collections.Counter([honest])
+
+
+def test_a_websocket_upgrade_is_served_as_plain_http(served):
+  """The collector speaks no WebSocket: an Upgrade header changes nothing (it was a 500 while
+  a WebSocket library was installed, uvicorn handing over a scope the app does not serve)."""
+  upgrade = [b'Host: x', b'Connection: Upgrade', b'Upgrade: websocket',
+             b'Sec-WebSocket-Version: 13', b'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==']
+  status, _, reply = raw(served.port, request_head(b'GET', b'/healthz', upgrade))
+  assert (status, reply) == (200, b'{"status":"ok"}')
+  status, _, _ = raw(served.port, request_head(b'GET', b'/v1/track', upgrade))
+  assert status == 405
+  data = body(event(fresh()))
+  status, _, _ = raw(served.port, request_head(b'POST', b'/v1/track', [
+      *upgrade, key_line(UNKNOWN), b'Content-Length: %d' % len(data)]) + data)
   assert status == 401
   assert served.published() == []
 
@@ -337,6 +405,24 @@ def test_a_batch_body_of_512000_bytes_is_published_and_one_byte_more_is_refused(
     exact, over, headers = gzip.compress(exact), gzip.compress(over), {'Content-Encoding': 'gzip'}
   assert served.post('/v1/batch', exact, headers=headers).status_code == 200
   refused(served.post('/v1/batch', over, headers=headers), 400, 'body_too_large')
+  assert served.published_ids() == collections.Counter(at)
+
+
+def chunked(data: bytes, size: int = 65536) -> bytes:
+  return b''.join(b'%x\r\n' % len(data[i:i + size]) + data[i:i + size] + b'\r\n'
+                  for i in range(0, len(data), size)) + b'0\r\n\r\n'
+
+
+def test_a_chunked_batch_body_of_512000_bytes_is_published_and_one_byte_more_refused(served):
+  """Without a Content-Length the limit is enforced as the body arrives."""
+  at = [fresh('chunked') for _ in range(20)]
+  for data, status in ((batch_body(512_000, at), 200),
+                       (batch_body(512_001, [fresh() for _ in range(20)]), 400)):
+    code, _, reply = raw(served.port, request_head(b'POST', b'/v1/batch', [
+        b'Host: x', key_line(), b'Transfer-Encoding: chunked', b'Connection: close'])
+                         + chunked(data))
+    assert code == status, reply[:200]
+  assert orjson.loads(reply)['error'] == 'body_too_large'
   assert served.published_ids() == collections.Counter(at)
 
 
