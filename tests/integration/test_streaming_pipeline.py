@@ -22,6 +22,13 @@ def _event(i, user, minutes_ago=0, **extra):
                        'properties': {'product_id': f'p{i % 15}', 'price': 9.5}, **extra})
 
 
+def _call(i, kind, user, **fields):
+  """A screen or group call, as the collector forwards them."""
+  stamp = time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime()) + '.000Z'
+  return orjson.dumps({'type': kind, 'messageId': f'live-{i}', 'userId': user,
+                       'timestamp': stamp, **fields})
+
+
 def _count(bq, table):
   return list(bq.query(f'SELECT COUNT(*) AS n FROM `{table}`').result())[0]['n']
 
@@ -42,9 +49,15 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
     messages = good + good[:5] + [b'{"type": "track", "messageId": "bad-1"', b'not json']
     publish.publish(iter(messages), topic, rate=200, keep_times=True,
                     attributes={'origin': 'test'})
+    # The collector's calls: tagged with the write key's source; a bad source name costs the
+    # event nothing but the name.
+    publish.publish(iter([_call(200, 'screen', 'c0', name='Home')]), topic, rate=200,
+                    keep_times=True, attributes={'source': 'app'})
+    publish.publish(iter([_call(201, 'group', 'c1', groupId='acct-1')]), topic, rate=200,
+                    keep_times=True, attributes={'source': 'not a name!'})
     bq = bigquery_client.cloud_client(PROJECT)
     events_table = f'{PROJECT}.{unique_name}.events'
-    wait_for(lambda: _count(bq, events_table) >= 31, 120, '31 events in BigQuery')
+    wait_for(lambda: _count(bq, events_table) >= 33, 120, '33 events in BigQuery')
     wait_for(lambda: _count(bq, f'{PROJECT}.{unique_name}.dead_letter') >= 2, 60,
               'two dead letters')
     db = firestore.Client(project=PROJECT)
@@ -60,11 +73,18 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
     ids = [r['message_id'] for r in bq.query(
         f'SELECT message_id FROM `{events_table}`').result()]
     # Duplicates dropped, across Pub/Sub redeliveries and between the file and the stream.
-    assert sorted(ids) == sorted([f'live-{i}' for i in range(30)] + ['live-100'])
+    assert sorted(ids) == sorted([f'live-{i}' for i in range(30)]
+                                 + ['live-100', 'live-200', 'live-201'])
     sources = collections.Counter(
         r['source'] for r in bq.query(f'SELECT source FROM `{events_table}`').result())
-    assert sources[f'file:{backfill}'] in (1, 2) and sources['pubsub'] == 31 - sources[
+    assert sources[f'file:{backfill}'] in (1, 2) and sources['pubsub'] == 32 - sources[
         f'file:{backfill}']
+    assert sources['pubsub:app'] == 1 and len(sources) == 3
+    calls = {r['message_id']: (r['type'], r['event'], r['group_id'], r['source']) for r in bq.query(
+        f'SELECT message_id, type, event, group_id, source FROM `{events_table}` '
+        f"WHERE message_id IN ('live-200', 'live-201')").result()}
+    assert calls == {'live-200': ('screen', 'Home', None, 'pubsub:app'),
+                     'live-201': ('group', None, 'acct-1', 'pubsub')}
     dead = [dict(r) for r in bq.query(
         f'SELECT failure_type, source, attributes FROM `{PROJECT}.{unique_name}.dead_letter`')
             .result()]
