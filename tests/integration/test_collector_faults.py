@@ -139,6 +139,7 @@ def published(collector: Collector, message_ids, seconds=90) -> collections.Coun
 
 def test_pubsub_paused_mid_load_gives_503_never_a_false_200_and_recovers(start, local_stack_dir):
   collector = start({'COLLECTOR_PUBLISH_TIMEOUT_SECONDS': '2'})
+  pixel_id = f'pixel-{uuid.uuid4().hex[:8]}'
   with Load(collector.base) as load:
     load.wait(lambda a: len(load.ok()) >= 20, 30, '20 events accepted before the pause')
     with paused(local_stack_dir, 'pubsub'):
@@ -147,6 +148,11 @@ def test_pubsub_paused_mid_load_gives_503_never_a_false_200_and_recovers(start, 
                 'six requests sent during the pause answered 503')
       assert httpx.get(collector.base + '/healthz', timeout=10).status_code == 200
       assert httpx.get(collector.base + '/readyz', timeout=10).status_code == 503
+      # A pixel answers its GIF whatever was wrong, but not 200 for an event Pub/Sub did not take.
+      pixel = httpx.get(collector.base + '/pixel/v1/track', timeout=10, params={
+          'writeKey': KEY, 'messageId': pixel_id, 'anonymousId': 'a'})
+      assert (pixel.status_code, pixel.headers['content-type'], pixel.headers['retry-after']) \
+          == (503, 'image/gif', '1')
       resumed_at = time.monotonic()
     load.wait(lambda a: len(load.ok(since=resumed_at + 0.5)) >= 20, 60,
               '20 events accepted after the pause')
@@ -161,7 +167,7 @@ def test_pubsub_paused_mid_load_gives_503_never_a_false_200_and_recovers(start, 
   arrived = published(collector, accepted)
   assert not [m for m in accepted if m not in arrived]
   # 503'd events may arrive too (the client retried them on its own); nothing else does.
-  assert set(arrived) <= {a.message_id for a in answers}
+  assert set(arrived) <= {a.message_id for a in answers} | {pixel_id}
 
 
 def test_a_collector_killed_under_load_has_published_every_event_it_answered_200(start):
