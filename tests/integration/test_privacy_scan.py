@@ -90,12 +90,14 @@ def _with_emails(data, manifest):
       ok(type='track', event='Order Completed',
          properties={'email': 'buyer@example.org', 'order_id': 'o1', 'total': 5}),
       ok(type='page', name='Home', context={'traits': {'email': 'ctx@example.net'}}),
+      # A group's traits hold the group's address: tokenised, not hashed as the customer's.
+      ok(type='group', groupId='acct-1', traits={'name': 'Initech', 'email': 'office@example.com'}),
   ]
   bad = [
       b'{"type":"identify","userId":"c00002","traits":{"email":"trunc@example.com"',  # invalid
       b'{"type":"identify","userId":"c00002","traits":{"email":"bin@example.com"},"n":"\xff"}',
       json.dumps({'type': 'alias', 'messageId': 'x', 'userId': 'c00003', 'timestamp': at,
-                  'traits': {'email': 'alias@example.com'}}).encode(),            # unsupported
+                  'traits': {'email': 'alias@example.com'}}).encode(),            # no previousId
       json.dumps({'type': 'identify', 'userId': 'c00003', 'timestamp': at,       # no messageId
                   'traits': {'email': 'nomsg@example.com'}}).encode(),
       json.dumps({'type': 'identify', 'messageId': 'big', 'userId': 'c00004', 'timestamp': at,
