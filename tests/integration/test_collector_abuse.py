@@ -120,6 +120,7 @@ def served(local_stack, tmp_path_factory):
     served.published()  # the subscription is live: nothing before this is missed
     yield served
     served.client.close()
+    served.subscription.client.close()
   finally:
     code = collect.stop_collector(process)
   assert code == 0, '\n'.join(localstack.tail_lines(log, 30))

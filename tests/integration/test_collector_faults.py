@@ -45,7 +45,7 @@ class Collector:
 def start(local_stack, tmp_path):
   """start(env overrides, keys) -> a Collector on a topic and subscription of its own; stopped
   (SIGTERM, SIGKILL after 30 s) at the end of the test if it still runs."""
-  started = []
+  started, subscriptions = [], []
 
   def start_one(env=None, keys=None) -> Collector:
     name = f'faults{uuid.uuid4().hex[:10]}'
@@ -57,11 +57,14 @@ def start(local_stack, tmp_path):
     started.append(process)
     base = f'http://127.0.0.1:{port}'
     assert wait_ready(base, process), '\n'.join(localstack.tail_lines(log, 30))
-    return Collector(process, base, port, log, Subscription(subscription))
+    subscriptions.append(Subscription(subscription))
+    return Collector(process, base, port, log, subscriptions[-1])
 
   yield start_one
   for process in started:
     collect.stop_collector(process)
+  for subscription in subscriptions:
+    subscription.client.close()
 
 
 @contextlib.contextmanager
