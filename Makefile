@@ -8,7 +8,7 @@ DATA ?= data/sample
 STACK_STATE ?= .localstack/demo
 STACK := $(PY) -m scripts.localstack --state-dir $(STACK_STATE)
 
-.PHONY: venv demo stream stop status data run test test-unit bench bench-1m bench-stages bench-live bench-connector bench-stream serve clean template-build template-run
+.PHONY: venv demo stream stop status data run test test-unit bench bench-1m bench-stages bench-live bench-connector bench-collector bench-stream serve clean template-build template-run
 
 venv: $(VENV)/.installed $(BQ_VENV)/.installed
 
@@ -93,6 +93,11 @@ bench-live: venv
 
 bench-connector: venv
 	$(PY) -m bench.connector_load
+
+## bench-collector: the tracking collector: /v1/track at 1,000 requests/s against /healthz, and
+## /v1/batch at saturation against the Pub/Sub client alone, every event counted (docs/PERFORMANCE.md).
+bench-collector: venv
+	$(PY) -m bench.collector_load
 
 bench-stream: venv
 	$(PY) -m bench.stream_latency --rates 5,10,20,200 --pipeline_arg=--document_flush_seconds=0
