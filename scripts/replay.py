@@ -84,16 +84,19 @@ def sdk_call(line: bytes, now: dt.datetime) -> tuple[str, dict]:
     user_id = None
   if not isinstance(anonymous_id, _ID_TYPES) or anonymous_id == '':
     anonymous_id = None
-  stamp = _text(event.get('timestamp')) or _text(_field(event, 'originalTimestamp',
-                                                        'original_timestamp'))
+  # The event time retime moved to now; none at all: the client stamps the call itself.
+  stamp = event.get('timestamp')
+  if stamp is None:
+    stamp = _field(event, 'originalTimestamp', 'original_timestamp')
   try:
-    timestamp = dt.datetime.fromisoformat(stamp) if stamp else None
-  except ValueError:
+    timestamp = None if stamp is None else dt.datetime.fromisoformat(stamp)
+  except (TypeError, ValueError):
     raise Unsendable('bad_timestamp') from None
   message_id = _field(event, 'messageId', 'message_id')
+  if not isinstance(message_id, _ID_TYPES) or message_id == '':
+    message_id = None  # the client makes one
   common = {'context': _mapping(event, 'context'), 'timestamp': timestamp,
-            'integrations': _mapping(event, 'integrations'),
-            'message_id': message_id if isinstance(message_id, _ID_TYPES) else None}
+            'integrations': _mapping(event, 'integrations'), 'message_id': message_id}
   if call_type == 'alias':
     previous_id = _field(event, 'previousId', 'previous_id')
     if user_id is None or not isinstance(previous_id, _ID_TYPES):

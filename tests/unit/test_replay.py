@@ -58,6 +58,8 @@ def test_valid_sample_events_keep_their_segment_fields_through_the_client(sample
     (b'{"type": "track", "event": "Product Viewed", "userId": ""}', 'missing_ids'),
     (b'{"type": "track", "userId": "u1"}', 'track_without_event'),
     (b'{"type": "page", "userId": "u1", "timestamp": "yesterday"}', 'bad_timestamp'),
+    (b'{"type": "page", "userId": "u1", "timestamp": "",'
+     b' "originalTimestamp": "2026-11-01T10:00:00Z"}', 'bad_timestamp'),
     (b'{"type": "group", "userId": "u1"}', 'group_without_id'),
     (b'{"type": "alias", "userId": "u1"}', 'alias_without_ids'),
 ])
