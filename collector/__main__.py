@@ -9,6 +9,7 @@ import uvicorn
 
 from collector.app import Collector
 from collector.config import ConfigError, KeyRing, Settings
+from collector.server import with_header_deadline
 from connector import logs
 
 
@@ -23,7 +24,9 @@ def main(argv=None) -> int:
   app = Collector(settings, keys)
   server = uvicorn.Server(uvicorn.Config(
       app, host=settings.host, port=settings.port, lifespan='on', access_log=False,
-      log_config=None, loop='uvloop', http='httptools', server_header=False,
+      log_config=None, loop='uvloop', server_header=False,
+      # httptools, with each request's headers due within the body timeout (collector/server.py).
+      http=with_header_deadline(settings.body_timeout_seconds),
       # X-Forwarded-For is believed only as COLLECTOR_TRUSTED_PROXIES says (events.client_ip);
       # uvicorn's own proxy handling would rewrite the peer first, trusting 127.0.0.1 (or
       # FORWARDED_ALLOW_IPS) behind the collector's back.

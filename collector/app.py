@@ -160,8 +160,9 @@ class Collector:
     if method == 'OPTIONS' and kind not in ('health', 'ready', 'metrics'):
       return await self._preflight(scope, answer, allowed)
     if method != allowed:
+      methods = allowed if kind in ('health', 'ready', 'metrics') else f'{allowed}, OPTIONS'
       raise _Answer(405, {'error': 'method_not_allowed', 'message': f'use {allowed}'},
-                    ((b'allow', f'{allowed}, OPTIONS'.encode()),))
+                    ((b'allow', methods.encode()),))
     if kind == 'health':
       return await answer(200, b'{"status":"ok"}')
     if kind == 'ready':
@@ -345,19 +346,27 @@ _BASIC = ((b'www-authenticate', b'Basic realm="collector"'),)
 
 def inflate(data: bytes, limit: int) -> bytes:
   """A gzip body -> its bytes, inflating at most `limit` + 1 of them: a bomb is refused without
-  ever being held, a truncated or corrupt stream is refused."""
-  inflater = zlib.decompressobj(wbits=31)
-  try:
-    out = inflater.decompress(data, limit + 1)
-  except zlib.error as err:
-    raise Refused('invalid_gzip', f'body is not valid gzip: {err}') from None
-  if len(out) > limit or inflater.unconsumed_tail:
-    raise Refused('body_too_large', f'body inflates to over the limit of {limit} bytes')
-  if not inflater.eof:
-    raise Refused('invalid_gzip', 'gzip body is truncated')
-  if inflater.unused_data:
-    raise Refused('invalid_gzip', 'bytes after the end of the gzip stream')
-  return out
+  ever being held, a truncated or corrupt stream is refused. Several gzip members one after the
+  other (RFC 1952 allows it; `cat a.gz b.gz`) inflate to their concatenation."""
+  out, rest = [], data
+  size = 0
+  while True:
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+      part = inflater.decompress(rest, limit + 1 - size)
+    except zlib.error as err:
+      raise Refused('invalid_gzip', f'body is not valid gzip: {err}') from None
+    size += len(part)
+    out.append(part)
+    if size > limit or inflater.unconsumed_tail:
+      raise Refused('body_too_large', f'body inflates to over the limit of {limit} bytes')
+    if not inflater.eof:
+      raise Refused('invalid_gzip', 'gzip body is truncated')
+    rest = inflater.unused_data
+    if not rest:
+      return b''.join(out)
+    if not rest.startswith(b'\x1f\x8b'):
+      raise Refused('invalid_gzip', 'bytes after the end of the gzip stream')
 
 
 def _headers(scope) -> dict[str, str]:

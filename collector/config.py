@@ -18,7 +18,8 @@ from typing import Mapping, Sequence
 # A source name becomes a Pub/Sub attribute and part of the events table's `source` column.
 SOURCE_PATTERN = re.compile(r'[A-Za-z0-9_.-]{1,64}')
 MIN_KEY_LENGTH = 8
-_KEY_PATTERN = re.compile(r'[!-~]+')  # printable ASCII, no spaces (it travels in a Basic header)
+# Printable ASCII without spaces or ':' (it travels as a Basic username, which ends at a ':').
+_KEY_PATTERN = re.compile(r'[!-9;-~]+')
 _log = logging.getLogger('collector')
 
 
@@ -33,7 +34,7 @@ _SETTINGS = (
     ('COLLECTOR_TOPIC', '--topic', None, 'Pub/Sub topic id in that project. Required.'),
     ('COLLECTOR_WRITE_KEYS', '--write-keys', '',
      'Comma-separated key:source pairs, e.g. wk_web_1:web,wk_srv_1:server. A source name is '
-     '1-64 of [A-Za-z0-9_.-]; a key is at least 8 printable characters without spaces.'),
+     '1-64 of [A-Za-z0-9_.-]; a key is at least 8 printable characters without spaces or colons.'),
     ('COLLECTOR_WRITE_KEYS_FILE', '--write-keys-file', None,
      'A file of key:source lines (# comments), re-read on SIGHUP for rotation; adds to '
      'COLLECTOR_WRITE_KEYS. A file that fails to parse on SIGHUP leaves the old keys in force.'),
@@ -50,7 +51,8 @@ _SETTINGS = (
     ('COLLECTOR_PUBLISH_TIMEOUT_SECONDS', '--publish-timeout-seconds', '10',
      'How long a request waits for Pub/Sub to accept its events before answering 503.'),
     ('COLLECTOR_BODY_TIMEOUT_SECONDS', '--body-timeout-seconds', '10',
-     'How long a client may take to send a request body before it is answered 408.'),
+     'How long a client may take to send a request\'s headers (past it the connection is closed), '
+     'and then its body (past it the answer is 408).'),
     ('COLLECTOR_MAX_OUTSTANDING_MB', '--max-outstanding-mb', '64',
      'Event bytes waiting for Pub/Sub at most; beyond that new requests get 503 (bounds memory '
      'while Pub/Sub is slow or down).'),
@@ -140,12 +142,12 @@ def parse_write_keys(text: str, where: str) -> dict[str, str]:
   for n, item in enumerate(_split(text.replace('\n', ',')), 1):
     if item.startswith('#'):
       continue
-    key, sep, source = item.rpartition(':')
+    key, sep, source = item.partition(':')
     if not sep or not key:
       raise ConfigError(f'{where}: entry {n} is not key:source')
     if len(key) < MIN_KEY_LENGTH or not _KEY_PATTERN.fullmatch(key):
       raise ConfigError(f'{where}: entry {n}: a write key is at least {MIN_KEY_LENGTH} printable '
-                        'characters without spaces')
+                        'characters without spaces or colons')
     if not SOURCE_PATTERN.fullmatch(source):
       raise ConfigError(f'{where}: entry {n}: source {source!r} is not 1-64 of [A-Za-z0-9_.-]')
     if key in keys and keys[key] != source:
@@ -168,9 +170,9 @@ def read_write_keys_file(path: str) -> dict[str, str]:
 class KeyRing:
   """The write keys in force: key -> source, swappable at run time (SIGHUP).
 
-  Keys are held as SHA-256 digests and looked up by the digest of what a request offers, so the
-  lookup's time says nothing about how much of a key was right, and no key sits in memory in
-  the clear after start-up.
+  Keys are looked up by the SHA-256 digest of what a request offers, so the lookup's time says
+  nothing about how much of a key was right. (The keys from the setting stay in memory as given,
+  for reloads; only digests are compared.)
   """
 
   def __init__(self, fixed: Mapping[str, str], file: str | None = None):

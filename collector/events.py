@@ -198,6 +198,8 @@ def client_ip(peer: str | None, forwarded_for: str | None,
         break
   if address is None:
     return None
+  if address.version == 6 and address.ipv4_mapped is not None:
+    address = address.ipv4_mapped  # ::ffff:203.0.113.9 is an IPv4 client (a dual-stack socket)
   if truncate:
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f'{address}/{prefix}', strict=False).network_address)

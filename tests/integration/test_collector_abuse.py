@@ -543,6 +543,40 @@ def test_a_body_trickled_a_byte_at_a_time_is_cut_off_at_the_body_timeout(served)
   assert served.published() == []
 
 
+def _closed_within(sock, seconds) -> float | None:
+  """Seconds until the server closed `sock` (reads until EOF), None if it stayed open."""
+  started = time.monotonic()
+  sock.settimeout(seconds)
+  try:
+    while sock.recv(4096):
+      pass
+  except socket.timeout:
+    return None
+  except ConnectionResetError:
+    pass
+  return time.monotonic() - started
+
+
+def test_a_connection_that_never_finishes_its_headers_is_closed_at_the_deadline(served):
+  """uvicorn itself never times out a request's headers: a few idle sockets would hold every
+  slot of COLLECTOR_MAX_CONCURRENCY. The body timeout bounds the headers too."""
+  with socket.create_connection(('127.0.0.1', served.port), timeout=20) as idle, \
+      socket.create_connection(('127.0.0.1', served.port), timeout=20) as partial:
+    partial.sendall(b'POST /v1/track HTTP/1.1\r\nHost: x\r\n')
+    for sock in (idle, partial):
+      waited = _closed_within(sock, BODY_TIMEOUT + 5)
+      assert waited is not None and waited < BODY_TIMEOUT + 3
+  # The second request on a kept-alive connection is held to the same deadline.
+  with socket.create_connection(('127.0.0.1', served.port), timeout=20) as sock:
+    sock.sendall(request_head(b'GET', b'/healthz', [b'Host: x']))
+    assert read_response(sock)[0] == 200
+    sock.sendall(b'GET /healthz HTTP/1.1\r\nHo')
+    waited = _closed_within(sock, BODY_TIMEOUT + 10)
+    assert waited is not None and waited < BODY_TIMEOUT + 3
+  assert served.client.get('/healthz').status_code == 200
+  assert served.published() == []
+
+
 def test_a_body_cut_off_before_its_declared_length_publishes_nothing(served):
   """What arrived is a whole JSON event; it must not be published without the rest."""
   partial = body(event(fresh()))
@@ -579,7 +613,9 @@ def test_unknown_routes_are_404_and_publish_nothing(served, path):
 def test_wrong_methods_are_405_with_allow_and_publish_nothing(served, method, path, allowed):
   reply = served.client.request(method, path, headers=basic(KEY),
                                 content=body(event(fresh())))
-  assert reply.status_code == 405 and reply.headers['allow'] == f'{allowed}, OPTIONS'
+  # The tracking routes also answer OPTIONS (CORS preflight); health and metrics do not.
+  methods = allowed if path in ('/healthz', '/metrics') else f'{allowed}, OPTIONS'
+  assert reply.status_code == 405 and reply.headers['allow'] == methods
   assert served.published() == []
 
 

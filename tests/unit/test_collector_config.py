@@ -50,6 +50,7 @@ def test_flags_win_over_the_environment_and_the_project_falls_back():
     ('wk_web_0123:web,:web', 'entry 2 is not key:source'),
     ('short:web', 'at least 8'),
     ('wk web 0123:web', 'without spaces'),
+    ('wk_web_01:23:web', "source '23:web'"),  # a key has no ':' (a Basic username ends there)
     ('wk_web_0123\u00e9:web', 'printable'),
     ('wk_web_0123:', "source ''"),
     ('wk_web_0123:we b', "source 'we b'"),

@@ -348,6 +348,13 @@ def test_client_ip_truncates_v4_to_its_24_and_v6_to_its_48():
   assert events.client_ip('10.1.2.3', '198.51.100.200', PROXIES, truncate=True) == '198.51.100.0'
 
 
+def test_client_ip_gives_an_ipv4_mapped_peer_as_ipv4():
+  """A dual-stack socket shows an IPv4 client as ::ffff:a.b.c.d; truncated as IPv6 it would
+  collapse to `::`."""
+  assert events.client_ip('::ffff:203.0.113.77', None, (), truncate=False) == '203.0.113.77'
+  assert events.client_ip('::ffff:203.0.113.77', None, (), truncate=True) == '203.0.113.0'
+
+
 @given(st.one_of(st.none(), st.text(max_size=40), st.ip_addresses().map(str)),
        st.one_of(st.none(), st.text(max_size=80),
                  st.lists(st.ip_addresses().map(str), max_size=4).map(', '.join)),
@@ -370,13 +377,24 @@ def test_inflate_gives_the_body_up_to_exactly_the_limit():
     (b'', 'truncated'),
     (zlib.compress(b'{"a": 1}' * 50, wbits=31)[:-12], 'truncated'),
     (zlib.compress(b'{"a": 1}', wbits=31) + b'garbage', 'after the end'),
-    (zlib.compress(b'{"a": 1}', wbits=31) * 2, 'after the end'),
+    (zlib.compress(b'{"a": 1}', wbits=31) * 2 + b'x', 'after the end'),
+    (zlib.compress(b'{"a": 1}', wbits=31) + zlib.compress(b'{"a": 1}', wbits=31)[:-3],
+     'truncated'),
     (b'{"a": 1}', 'not valid gzip'),
     (zlib.compress(b'{"a": 1}'), 'not valid gzip'),  # zlib-wrapped, not gzip
 ])
 def test_inflate_refuses_truncated_corrupt_and_trailing_data(data, words):
   refused = refusal(inflate, data, 1000)
   assert refused.reason == 'invalid_gzip' and words in refused.message
+
+
+def test_inflate_joins_gzip_members_and_holds_their_sum_to_the_limit():
+  """RFC 1952 allows members one after another (`cat a.gz b.gz`); each member is small, their
+  sum is what counts, so many small members cannot add up past the limit."""
+  one = zlib.compress(b'{"a": 1}', wbits=31)
+  assert inflate(one * 2, 1000) == b'{"a": 1}' * 2
+  assert inflate(one * 125, 1000) == b'{"a": 1}' * 125
+  assert refusal(inflate, one * 126, 1000).reason == 'body_too_large'
 
 
 def test_a_gzip_bomb_is_refused_without_inflating_more_than_the_limit():

@@ -289,9 +289,10 @@ def test_dockerfile_copies_every_package_and_file_setup_py_needs():
   for source in copies:
     assert (ROOT / source).exists(), source
   packages = {name.split('.')[0] for name in setuptools.find_packages(
-      str(ROOT), include=['pipeline', 'transforms', 'schemas', 'connector'])}
+      str(ROOT), include=['pipeline', 'transforms', 'schemas', 'connector', 'collector'])}
   assert packages <= set(copies)
-  # setup.py reads requirements.txt and connector/requirements.txt (inside `connector`).
+  # setup.py reads requirements.txt, connector/requirements.txt and collector/requirements.txt
+  # (inside `connector` and `collector`).
   assert {'setup.py', 'MANIFEST.in', 'requirements.txt'} <= set(copies)
 
 
