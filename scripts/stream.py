@@ -48,6 +48,10 @@ class _Stop(Exception):
   """Raised by the signal handlers: leave the wait loop and stop everything."""
 
 
+class _NotStarted(Exception):
+  """A component did not come up; the message says which and ends with its log."""
+
+
 def _raise_stop(signum, frame):
   raise _Stop(signal.Signals(signum).name)
 
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     collector = collect.start_collector(collector_log, PROJECT, TOPIC,
                                         {collect.LOCAL_WRITE_KEY: SOURCE}, port)
     if not wait_ready(base, collector):
-      raise localstack.LocalStackError(
+      raise _NotStarted(
           'the collector did not start; its log ends with:\n'
           + '\n'.join(localstack.tail_lines(collector_log, 20)))
     _log.info('collector started (pid %d) on %s, log: %s; write key %s (local only, not a '
@@ -207,12 +211,12 @@ def main(argv: list[str] | None = None) -> int:
         break
       if time.monotonic() >= next_report:
         next_report += 10
-        _log.info('events the collector accepted from the replayer: %s; serving documents in '
-                  'Firestore: %s', accepted_events(base), document_count(COLLECTION))
+        _log.info('events the collector accepted (source %s): %s; serving documents in '
+                  'Firestore: %s', SOURCE, accepted_events(base), document_count(COLLECTION))
       time.sleep(0.5)
   except _Stop as stop:
     _log.info('%s: stopping', stop)
-  except (localstack.LocalStackError, subprocess.CalledProcessError) as err:
+  except (localstack.LocalStackError, subprocess.CalledProcessError, _NotStarted) as err:
     _log.error('%s', err)
     status = 1
   finally:
