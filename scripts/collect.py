@@ -61,8 +61,9 @@ def start_collector(log_path: pathlib.Path, project: str, topic: str,
 
 
 def stop_collector(process: subprocess.Popen | None, timeout: float = 30) -> int | None:
-  """SIGTERM: the collector answers what is in flight, flushes to Pub/Sub and exits 0. SIGKILL to
-  its process group after `timeout`. Returns the exit code."""
+  """SIGTERM: the collector answers what is in flight, flushes to Pub/Sub and exits 0 (so does
+  scripts.replay, which stream.py stops with this too). SIGKILL to its process group after
+  `timeout`. Returns the exit code."""
   if process is None:
     return None
   if process.poll() is None:
@@ -122,7 +123,7 @@ def start(state_dir: pathlib.Path, port: int) -> int:
   (state_dir / _RECORD).write_text(json.dumps({'pid': process.pid, 'port': port}))
   base = f'http://127.0.0.1:{port}'
   if not wait_ready(base, process):
-    print(f'the collector did not start; its log ends with:\n'
+    print('the collector did not start; its log ends with:\n'
           + '\n'.join(localstack.tail_lines(log_path, 20)), file=sys.stderr)
     stop(state_dir)
     return 1

@@ -98,17 +98,6 @@ def stop_pipeline(process: subprocess.Popen, topic: str, timeout: float = 90) ->
   return process.returncode
 
 
-def stop_process(process: subprocess.Popen | None, timeout: float = 10) -> None:
-  if process is None or process.poll() is not None:
-    return
-  process.send_signal(signal.SIGTERM)
-  try:
-    process.wait(timeout=timeout)
-  except subprocess.TimeoutExpired:
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-
-
 def job_summary(log_path: pathlib.Path) -> str:
   """The run summary the job printed last (its log's tail when there is none)."""
   text = log_path.read_text(errors='replace') if log_path.exists() else ''
@@ -222,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
   finally:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the clean-up
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stop_process(replayer, timeout=30)  # it flushes its client first
+    collect.stop_collector(replayer, timeout=30)  # SIGTERM: it flushes its client first
     if replayer is not None:
       _log.info('replayer exited with code %s; %s', replayer.returncode,
                 (localstack.tail_lines(replayer_log, 1) or ['no log'])[-1])

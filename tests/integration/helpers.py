@@ -1,5 +1,8 @@
-"""Helpers shared by the streaming integration tests."""
+"""Helpers shared by the integration tests."""
+import contextlib
+import json
 import os
+import signal
 import pathlib
 import threading
 import time
@@ -40,3 +43,16 @@ def alive(pid: int) -> bool:
     return stat.read_text().split(')')[-1].split()[0] != 'Z'
   except FileNotFoundError:
     return False
+
+
+@contextlib.contextmanager
+def paused(local_stack_dir, component):
+  """SIGSTOP to the emulator's process group (it stops answering; calls to it hang), SIGCONT on
+  exit whatever happens, so a failing test never leaves the session's emulator stopped."""
+  state = json.loads((local_stack_dir / 'state.json').read_text())
+  pgid = int(state['components'][component]['pgid'])
+  os.killpg(pgid, signal.SIGSTOP)
+  try:
+    yield
+  finally:
+    os.killpg(pgid, signal.SIGCONT)

@@ -12,8 +12,6 @@ emulator, under load from threads sending /v1/track calls with unique messageIds
   process; a broken file on SIGHUP leaves the keys as they were.
 """
 import collections
-import contextlib
-import json
 import os
 import signal
 import socket
@@ -27,6 +25,7 @@ import pytest
 
 from scripts import collect, localstack, publish
 from scripts.demo_connector import free_port, wait_ready
+from tests.integration.helpers import paused
 from tests.integration.test_collector_abuse import (Subscription, basic, read_response,
                                                     request_head)
 
@@ -65,19 +64,6 @@ def start(local_stack, tmp_path):
     collect.stop_collector(process)
   for subscription in subscriptions:
     subscription.client.close()
-
-
-@contextlib.contextmanager
-def paused(local_stack_dir, component):
-  """SIGSTOP to the emulator's process group (calls to it hang), SIGCONT on exit whatever
-  happens, so a failing test never leaves the session's emulator stopped."""
-  state = json.loads((local_stack_dir / 'state.json').read_text())
-  pgid = int(state['components'][component]['pgid'])
-  os.killpg(pgid, signal.SIGSTOP)
-  try:
-    yield
-  finally:
-    os.killpg(pgid, signal.SIGCONT)
 
 
 Answer = collections.namedtuple('Answer', 'message_id status retry_after started ended')

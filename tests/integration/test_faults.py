@@ -9,11 +9,7 @@
 - The streaming job is stopped and a new one started over the same subscription, and the same
   events are published again: no event twice in the warehouse, documents end as they were.
 """
-import contextlib
-import json
 import logging
-import os
-import signal
 import socket
 import threading
 import time
@@ -24,7 +20,7 @@ from google.cloud import firestore
 
 from pipeline import run
 from scripts import generate_data, publish
-from tests.integration.helpers import stop_streaming, wait_for
+from tests.integration.helpers import paused, stop_streaming, wait_for
 from transforms.sinks import bigquery_client
 
 PROJECT = 'demo-local'
@@ -49,19 +45,6 @@ def _documents(collection):
   """Stored documents without `updated_at` (the commit time differs between runs)."""
   return {d.id: {k: v for k, v in d.to_dict().items() if k != 'updated_at'}
           for d in firestore.Client(project=PROJECT).collection(collection).stream()}
-
-
-@contextlib.contextmanager
-def _paused(local_stack_dir, component):
-  """SIGSTOP to the emulator's process group (it stops answering; connections hang), SIGCONT on
-  exit whatever happens."""
-  state = json.loads((local_stack_dir / 'state.json').read_text())
-  pgid = int(state['components'][component]['pgid'])
-  os.killpg(pgid, signal.SIGSTOP)
-  try:
-    yield
-  finally:
-    os.killpg(pgid, signal.SIGCONT)
 
 
 class _Seen(logging.Handler):
@@ -91,7 +74,7 @@ def test_firestore_paused_mid_run_is_retried_and_documents_are_complete(
   logger.addHandler(seen)
   result = {}
   try:
-    with _paused(local_stack_dir, 'firestore'):
+    with paused(local_stack_dir, 'firestore'):
       worker = threading.Thread(target=lambda: result.setdefault('code', run.main(_batch_args(
           data, unique_name, unique_name, '--firestore_retry_seconds=20'))))
       worker.start()
@@ -131,7 +114,7 @@ def test_bigquery_paused_mid_run_keeps_every_event_exactly_once(
       _batch_args(data, unique_name, unique_name, '--skip_table_setup'))))
   from transforms.sinks import bigquery as bigquery_sink
   bigquery_sink.ensure_tables(PROJECT, unique_name)
-  with _paused(local_stack_dir, 'bigquery'):
+  with paused(local_stack_dir, 'bigquery'):
     worker.start()
     time.sleep(15)  # the run parses, dedupes and folds meanwhile; its inserts hang
   worker.join(300)
