@@ -15,8 +15,10 @@ import pathlib
 import re
 from typing import Mapping, Sequence
 
-# A source name becomes a Pub/Sub attribute and part of the events table's `source` column.
-SOURCE_PATTERN = re.compile(r'[A-Za-z0-9_.-]{1,64}')
+# A source name becomes a Pub/Sub attribute and part of the events table's `source` column: the
+# pipeline's own rule for it decides what the collector accepts, so the two cannot disagree.
+from transforms.rules.source_tags import is_source_name
+
 MIN_KEY_LENGTH = 8
 # Printable ASCII without spaces or ':' (it travels as a Basic username, which ends at a ':').
 _KEY_PATTERN = re.compile(r'[!-9;-~]+')
@@ -148,7 +150,7 @@ def parse_write_keys(text: str, where: str) -> dict[str, str]:
     if len(key) < MIN_KEY_LENGTH or not _KEY_PATTERN.fullmatch(key):
       raise ConfigError(f'{where}: entry {n}: a write key is at least {MIN_KEY_LENGTH} printable '
                         'characters without spaces or colons')
-    if not SOURCE_PATTERN.fullmatch(source):
+    if not is_source_name(source):
       raise ConfigError(f'{where}: entry {n}: source {source!r} is not 1-64 of [A-Za-z0-9_.-]')
     if key in keys and keys[key] != source:
       raise ConfigError(f'{where}: entry {n}: the same key maps to two sources')
