@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hmac
 import logging
 import time
 import urllib.parse
@@ -128,7 +129,7 @@ class Collector:
       await self._handle(scope, receive, route, answer, outcome)
     except _Answer as early:
       await answer(early.status, orjson.dumps(early.body), headers=early.headers)
-    except Refused as refused:  # raised before a handler could count it (a beacon's query)
+    except Refused as refused:  # what a POST route cannot forward (pixels answer their own)
       self._refuse(outcome, refused.reason)
       await answer(refused.status, orjson.dumps({'error': refused.reason,
                                                  'message': refused.message}))
@@ -191,34 +192,28 @@ class Collector:
       raise _Answer(415, {'error': 'unsupported_encoding',
                           'message': 'Content-Encoding must be gzip or absent'})
     limit = _BODY_LIMITS[kind]
-    try:
-      body = await self._read(receive, headers, limit)
-      if encoding == 'gzip':
-        body = inflate(body, limit)
-      payload = events.parse_object(body)
-      if offered is None:
-        offered = payload.get('writeKey')
-      source = self.keys.source(offered)
-      if source is None:
-        self._refuse(outcome, 'unauthorized')
-        raise _Answer(401, _UNAUTHORIZED, _BASIC)
-      outcome['source'] = source
-      if kind == 'single':
-        batch, envelope = [payload], events.NO_ENVELOPE
-      else:
-        payload.pop('writeKey', None)
-        batch, envelope = events.batch_of(payload)
-      stamp = self._stamp(scope, headers)
-      messages = []
-      for i, event in enumerate(batch):
-        data, message_id = events.encode(event, stamp, envelope, call_type,
-                                         None if kind == 'single' else i)
-        messages.append((data, {'source': source, 'received_at': stamp.received_at,
-                                'message_id': _attribute(message_id)}))
-    except Refused as refused:
-      self._refuse(outcome, refused.reason)
-      raise _Answer(refused.status, {'error': refused.reason, 'message': refused.message}
-                    ) from None
+    body = await self._read(receive, headers, limit)
+    if encoding == 'gzip':
+      body = inflate(body, limit)
+    payload = events.parse_object(body)
+    if offered is None:
+      offered = payload.get('writeKey')
+    source = self.keys.source(offered)
+    if source is None:
+      self._refuse(outcome, 'unauthorized')
+      raise _Answer(401, _UNAUTHORIZED, _BASIC)
+    outcome['source'] = source
+    if kind == 'single':
+      batch, envelope = [payload], events.NO_ENVELOPE
+    else:
+      payload.pop('writeKey', None)
+      batch, envelope = events.batch_of(payload)
+    stamp = self._stamp(scope, headers)
+    messages = []
+    for i, event in enumerate(batch):
+      data, message_id = events.encode(event, stamp, envelope, call_type,
+                                       None if kind == 'single' else i)
+      messages.append(_message(data, message_id, source, stamp))
     outcome['events'] = len(messages)
     if not await self._publish(messages, source, outcome):
       raise _Answer(503, {'error': 'unavailable', 'message': 'Pub/Sub did not accept the events '
@@ -245,9 +240,8 @@ class Collector:
       self._refuse(outcome, refused.reason)
       return await answer(200, PIXEL_GIF, *gif)
     outcome['events'] = 1
-    attributes = {'source': source, 'received_at': stamp.received_at,
-                  'message_id': _attribute(message_id)}
-    status = 200 if await self._publish([(data, attributes)], source, outcome) else 503
+    message = _message(data, message_id, source, stamp)
+    status = 200 if await self._publish([message], source, outcome) else 503
     await answer(status, PIXEL_GIF, gif[0],
                  gif[1] + (((b'retry-after', b'1'),) if status == 503 else ()))
 
@@ -319,7 +313,6 @@ class Collector:
   async def _metrics(self, scope, answer):
     token = self.settings.metrics_token
     if token:
-      import hmac
       offered = _headers(scope).get('authorization', '')
       if not hmac.compare_digest(offered.encode(), f'Bearer {token}'.encode()):
         raise _Answer(401, {'error': 'unauthorized', 'message': 'metrics need the token'},
@@ -384,6 +377,13 @@ def _query(scope) -> dict[str, list[str]]:
                                  max_num_fields=200)
   except ValueError:  # more than 200 fields
     raise Refused('invalid_query', 'query has over 200 fields') from None
+
+
+def _message(data: bytes, message_id: str, source: str,
+             stamp: events.Stamp) -> tuple[bytes, dict[str, str]]:
+  """One Pub/Sub message: the event's JSON and the attributes docs/COLLECTOR.md lists."""
+  return data, {'source': source, 'received_at': stamp.received_at,
+                'message_id': _attribute(message_id)}
 
 
 def _attribute(value: str) -> str:
