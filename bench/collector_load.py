@@ -114,51 +114,59 @@ def _session(base: str) -> aiohttp.ClientSession:
                                headers=AUTH)
 
 
+class _Tally:
+  """What one part of a phase saw: latencies, statuses, failed requests (no answer), and the tag
+  of each 200 (what the delivery check looks for)."""
+
+  def __init__(self):
+    self.latencies: list[float] = []
+    self.statuses: dict[int, int] = collections.Counter()
+    self.ok: list = []
+    self.failures = 0
+
+  async def send(self, request, since: float, tag) -> None:
+    """Sends `request` (an aiohttp request, not yet awaited) and counts it; its latency runs
+    from `since`."""
+    try:
+      async with request as reply:
+        await reply.read()
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+      self.failures += 1
+      return
+    self.latencies.append(time.monotonic() - since)
+    self.statuses[reply.status] += 1
+    if reply.status == 200:
+      self.ok.append(tag)
+
+  def result(self) -> dict:
+    return {'latencies': self.latencies, 'statuses': dict(self.statuses),
+            'failures': self.failures, 'ok': self.ok, 'end': time.monotonic()}
+
+
 async def _open_loop(base: str, path: str, prefix: str | None, rate: float, seconds: float,
                      start: float, part: int, parts: int) -> dict:
   """Requests i = part, part + parts, ... of an open-loop run: request i is due at
   start + i/rate (time.monotonic, the same clock in every process) on one of 64 keep-alive
   connections; its latency counts from its due time. `prefix` None: GET `path` (no body)."""
-  latencies: list[float] = []
-  statuses: dict[int, int] = collections.Counter()
-  ok: list[int] = []
-  failures = 0
+  tally = _Tally()
   async with _session(base) as session:
-
-    async def one(i: int, due: float):
-      nonlocal failures
-      try:
-        request = (session.get(path) if prefix is None
-                   else session.post(path, data=track_body(track_id(prefix, i))))
-        async with request as reply:
-          await reply.read()
-      except (aiohttp.ClientError, asyncio.TimeoutError):
-        failures += 1
-        return
-      latencies.append(time.monotonic() - due)
-      statuses[reply.status] += 1
-      if reply.status == 200:
-        ok.append(i)
-
     tasks = []
     for i in range(part, int(rate * seconds), parts):
       due = start + i / rate
       # Behind schedule, sleep(0) still lets answers in before the late requests go out.
       await asyncio.sleep(max(0.0, due - time.monotonic()))
-      tasks.append(asyncio.create_task(one(i, due)))
+      request = (session.get(path) if prefix is None
+                 else session.post(path, data=track_body(track_id(prefix, i))))
+      tasks.append(asyncio.create_task(tally.send(request, due, i)))
     await asyncio.gather(*tasks)
-  return {'latencies': latencies, 'statuses': dict(statuses), 'failures': failures, 'ok': ok,
-          'end': time.monotonic()}
+  return tally.result()
 
 
 async def _closed_loop(base: str, prefix: str, size: int, concurrency: int, seconds: float,
                        start: float, part: int) -> dict:
   """`concurrency` loops, each posting a batch of `size` events as soon as its previous one
   was answered, from `start` for `seconds`."""
-  latencies: list[float] = []
-  statuses: dict[int, int] = collections.Counter()
-  ok: list[tuple[int, int]] = []
-  failures = 0
+  tally = _Tally()
   counter = iter(range(1 << 62))
   delay = start - time.monotonic()
   if delay > 0:
@@ -167,25 +175,13 @@ async def _closed_loop(base: str, prefix: str, size: int, concurrency: int, seco
   async with _session(base) as session:
 
     async def loop():
-      nonlocal failures
       while time.monotonic() < end:
         seq = next(counter)
         body = batch_body(batch_ids(prefix, part, seq, size))
-        sent = time.monotonic()
-        try:
-          async with session.post('/v1/batch', data=body) as reply:
-            await reply.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
-          failures += 1
-          continue
-        latencies.append(time.monotonic() - sent)
-        statuses[reply.status] += 1
-        if reply.status == 200:
-          ok.append((part, seq))
+        await tally.send(session.post('/v1/batch', data=body), time.monotonic(), (part, seq))
 
     await asyncio.gather(*(loop() for _ in range(concurrency)))
-  return {'latencies': latencies, 'statuses': dict(statuses), 'failures': failures, 'ok': ok,
-          'end': time.monotonic()}
+  return tally.result()
 
 
 def _without_gc(coroutine) -> dict:
