@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   StandardOptions)
 
 import schemas
-from transforms.rules import events, profile
+from transforms.rules import events, holdout, profile
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
 from transforms.settings import (DEFAULT_ALLOWED_LATENESS_HOURS, DEFAULT_DEDUPE_HOURS,
                                  DEFAULT_FIRESTORE_RETRY_SECONDS, DEFAULT_FLUSH_SECONDS,
@@ -121,6 +121,15 @@ class PersonalizationOptions(PipelineOptions):
         help='Lifetime order value from which a customer is in the vip segment (5 or more '
              'orders also make a vip).')
     parser.add_argument(
+        '--holdout_percent', type=float, default=0,
+        help='Share of customers in the global holdout (control) group, 0 to 50 in steps of '
+             '0.01; 0 turns it off. Their documents carry holdout: true, so the ESP skips them '
+             '(docs/ENGAGEMENT.md). Give the connector the same value.')
+    parser.add_argument(
+        '--holdout_salt', default=holdout.DEFAULT_SALT,
+        help='Salt of the holdout assignment (sha256 of "salt:customer_id"): a new salt draws a '
+             'new control group. Give the connector the same value.')
+    parser.add_argument(
         '--identity_buffer_hours', type=float, default=DEFAULT_IDENTITY_BUFFER_HOURS,
         help='Streaming: how long anonymous events wait in state for an identify that links '
              'their anonymousId to a userId; when the link arrives they are replayed to that '
@@ -209,7 +218,8 @@ class PersonalizationOptions(PipelineOptions):
 
   def profile_settings(self) -> profile.Settings:
     return profile.Settings(cart_abandon_minutes=self.cart_abandon_minutes,
-                            vip_lifetime_value=decimal.Decimal(str(self.vip_lifetime_value)))
+                            vip_lifetime_value=decimal.Decimal(str(self.vip_lifetime_value)),
+                            holdout=holdout.Holdout(self.holdout_percent, self.holdout_salt))
 
   def as_of_micros(self) -> int | None:
     """--as_of in epoch microseconds; ValueError when it is not ISO-8601."""

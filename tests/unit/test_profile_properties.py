@@ -24,7 +24,7 @@ ORDERS = ('o1', 'o2', 'o3', 77)
 CONTRACT_FIELDS = {
     'customer_id', 'email_sha256', 'first_name', 'country', 'language', 'loyalty_tier',
     'schema_version', 'last_event_at', 'recently_viewed', 'cart', 'orders', 'segment',
-    'top_categories', 'recommendations', 'engagement'}
+    'top_categories', 'recommendations', 'engagement', 'holdout'}
 CATALOG = {
     'p1': {'product_id': 'p1', 'name': 'Boot', 'category': 'Shoes', 'price': 120.0,
            'currency': 'USD', 'in_stock': True, 'url': 'u1', 'image_url': 'i1'},
@@ -112,7 +112,9 @@ def segment_calls(draw, kind=None, customer=None, product=None):
     elif kind in ('Order Completed', 'Order Cancelled'):
       call['properties'] = draw(order_properties)
     else:
-      call['properties'] = draw(optional(email=st.just('x@example.com')))
+      # `machine`: an image proxy's or link scanner's hit (kept, never engagement).
+      call['properties'] = draw(optional(email=st.just('x@example.com'), machine=st.sampled_from(
+          [True, False, 'true', 'no', None])))
   return call
 
 

@@ -229,11 +229,41 @@ def test_engagement_and_last_event_at():
   assert document['schema_version'] == 1
 
 
+def test_machine_opens_and_clicks_never_move_engagement():
+  """Apple Mail Privacy Protection, image proxies and link scanners (properties.machine true, from
+  the collector or forwarded by an ESP as true or "true") are kept as events but never engagement."""
+  machine = {'machine': True, 'machine_reason': 'apple_mail_privacy'}
+  document = doc([ev('Email Opened', 1), ev('Email Opened', 8, properties=machine),
+                  ev('Email Link Clicked', 2, properties={'machine': False}),
+                  ev('Email Link Clicked', 9, properties={'machine': 'TRUE'}), view('p1', 10)])
+  assert document['engagement'] == {
+      'last_email_open_at': schemas.micros_to_datetime(T0 + 1 * MINUTE),
+      'last_email_click_at': schemas.micros_to_datetime(T0 + 2 * MINUTE)}
+  only_machine = doc([ev('Email Opened', 8, properties=machine), view('p1', 10)])
+  assert only_machine['engagement'] == {'last_email_open_at': None, 'last_email_click_at': None}
+  # The events still count as activity.
+  assert only_machine['last_event_at'] == schemas.micros_to_datetime(T0 + 10 * MINUTE)
+
+
+def test_holdout_flag_follows_the_shared_assignment():
+  from transforms.rules.holdout import Holdout
+  assert doc([view('p1', 1)])['holdout'] is False  # off by default
+  everyone = Holdout(50, 'x')
+  ids = [f'c{i}' for i in range(200)]
+  held = [i for i in ids if everyone.held_out(i)]
+  kept = [i for i in ids if not everyone.held_out(i)]
+  assert held and kept
+  for customer_id, expected in ((held[0], True), (kept[0], False)):
+    state = profile.fold(customer_id, [view('p1', 1)])
+    document = profile.render(state, T0, settings=profile.Settings(holdout=everyone))
+    assert document['holdout'] is expected
+
+
 def test_document_has_exactly_the_contract_fields():
   assert set(doc([view('p1', 1)])) == {
       'customer_id', 'email_sha256', 'first_name', 'country', 'language', 'loyalty_tier',
       'schema_version', 'last_event_at', 'recently_viewed', 'cart', 'orders', 'segment',
-      'top_categories', 'recommendations', 'engagement'}
+      'top_categories', 'recommendations', 'engagement', 'holdout'}
 
 
 def test_interacted_products_for_popularity():

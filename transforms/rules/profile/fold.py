@@ -129,11 +129,19 @@ def apply(state: dict, event: dict) -> dict:
     _apply_order(state, event, properties, key)
   elif name == ORDER_CANCELLED and event.get('order_id') is not None:
     state['cancelled'].add(event['order_id'])
-  elif name == EMAIL_OPENED:
+  elif name == EMAIL_OPENED and not machine(properties):
     state['email_opened_at'] = _max(state['email_opened_at'], at)
-  elif name == EMAIL_CLICKED:
+  elif name == EMAIL_CLICKED and not machine(properties):
     state['email_clicked_at'] = _max(state['email_clicked_at'], at)
   return state
+
+
+def machine(properties: Mapping[str, Any]) -> bool:
+  """Whether an email event is a machine's (an image proxy, Apple Mail Privacy Protection, a link
+  scanner: transforms.rules.machine): `properties.machine` true, or the text "true" a pixel's
+  query string or an ESP's webhook may carry. Kept in the warehouse, never engagement."""
+  flag = properties.get('machine')
+  return flag is True or (isinstance(flag, str) and flag.strip().lower() == 'true')
 
 
 def fold(customer_id: str, events: Iterable[dict]) -> dict:
@@ -238,7 +246,7 @@ def to_decimal(value: Any) -> decimal.Decimal | None:
 _FOLD_FIELDS = ('message_id', 'event_time', 'type', 'event', 'email_sha256', 'product_id', 'price',
                 'quantity', 'currency', 'order_id', 'total', 'revenue')
 _FOLD_TRAITS = ('first_name', 'firstName', 'unsubscribed')
-_FOLD_PROPERTIES = ('name', 'category', 'url', 'image_url')
+_FOLD_PROPERTIES = ('name', 'category', 'url', 'image_url', 'machine')
 _FOLD_LINE_FIELDS = ('product_id', 'price', 'quantity', 'name', 'category', 'url', 'image_url')
 
 

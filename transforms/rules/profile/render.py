@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 import schemas
 from transforms.rules import checks
+from transforms.rules.holdout import Holdout
 from transforms.rules.profile.fold import MONEY, to_decimal
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class Settings:
   vip_lifetime_value: decimal.Decimal = decimal.Decimal(500)
   vip_order_count: int = 5
   at_risk_days: float = 90
+  holdout: Holdout = Holdout()
 
   def __post_init__(self):
     checks.positive(self.cart_abandon_minutes, '--cart_abandon_minutes')
@@ -111,6 +113,7 @@ def render(state: dict,
       'recommendations': (recommender.recommend(categories, excluded) if recommender else []),
       'engagement': {'last_email_open_at': _time(state['email_opened_at']),
                      'last_email_click_at': _time(state['email_clicked_at'])},
+      'holdout': settings.holdout.held_out(state['customer_id']),
   }
 
 
