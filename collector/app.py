@@ -4,6 +4,7 @@
     POST /v1/batch  /v1/import  /beacon/v1/batch?writeKey=KEY               {"batch": [...]}
     GET  /v1/pixel/{track,identify,page,screen,group,alias}?data=BASE64     Segment's pixel
     GET  /pixel/v1/track  /pixel/v1/page ?writeKey=KEY&anonymousId=..       RudderStack's pixel
+    GET|HEAD /v1/o/{token}.gif   /v1/c/{token}                            tracked open / click
     OPTIONS on any of them (CORS preflight)
     GET  /healthz  /readyz  /metrics
 
@@ -14,7 +15,8 @@ answers and limits; in short: 200 {"success": true} once Pub/Sub accepted every 
 request; 400 with {"error": reason, "message"} for what cannot be forwarded; 401 for an unknown
 or missing write key (nothing is published); 503 with Retry-After when Pub/Sub did not confirm in
 time. Pixels always answer 200 and a GIF, as Segment's do, except 503 when Pub/Sub did not take
-the event: an answer of 200 means the event was published.
+the event: an answer of 200 means the event was published. A tracked click always answers 302:
+to its link when the token is valid, else to the landing URL (docs/ENGAGEMENT.md).
 """
 from __future__ import annotations
 
@@ -30,10 +32,11 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import disable_created_metrics, generate_latest
 
-from collector import events
+from collector import events, tracking
 from collector.config import KeyRing, Settings
 from collector.events import Refused
 from collector.publisher import Publisher, Unavailable
+from transforms.rules.tracking import InvalidToken
 
 # The smallest transparent GIF (43 bytes).
 PIXEL_GIF = bytes.fromhex('47494638396101000100800000000000ffffff21f90401000000002c00000000'
@@ -54,7 +57,9 @@ ROUTES = {
     '/readyz': ('ready', None),
     '/metrics': ('metrics', None),
 }
-_METHODS = {'single': 'POST', 'batch': 'POST', 'beacon': 'POST', 'pixel': 'GET',
+# Tracked opens and clicks carry their token in the path: prefix -> (kind, metrics label).
+TRACKING_ROUTES = {'/v1/o/': ('open', '/v1/o/{token}.gif'), '/v1/c/': ('click', '/v1/c/{token}')}
+_METHODS = {'open': 'GET', 'click': 'GET', 'single': 'POST', 'batch': 'POST', 'beacon': 'POST', 'pixel': 'GET',
             'rudder_pixel': 'GET', 'health': 'GET', 'ready': 'GET', 'metrics': 'GET'}
 _BODY_LIMITS = {'single': events.MAX_EVENT_BYTES, 'batch': events.MAX_BATCH_BYTES,
                 'beacon': events.MAX_BATCH_BYTES}
@@ -97,6 +102,12 @@ class Collector:
         'collector_publish_seconds', 'From handing a request\'s events to the Pub/Sub client to '
         'its confirming all of them', buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1,
                                                2.5, 5, 10), registry=registry)
+    self._tracking_hits = Counter(
+        'collector_tracking_hits', 'Tracked opens and clicks by outcome: human, machine, or why '
+        'the token was refused (published only for human and machine)', ['kind', 'outcome'],
+        registry=registry)
+    self._first_opens = tracking.FirstOpens(
+        settings.tracking.fast_click_seconds if settings.tracking else 0)
     self._request_bytes = Histogram(
         'collector_request_bytes', 'Request body bytes as received (before decompression)',
         buckets=(256, 1024, 4096, 16384, 65536, 262144, 524288), registry=registry)
@@ -116,6 +127,9 @@ class Collector:
     path = scope['path']
     route = ROUTES.get(path)
     label = path if route else 'unmatched'
+    if route is None and path[:6] in TRACKING_ROUTES:
+      kind, label = TRACKING_ROUTES[path[:6]]
+      route = (kind, path[6:])
     outcome = {'status': 500, 'events': 0, 'source': None, 'reason': None}
 
     async def answer(status, body, content_type=b'application/json', headers=()):
@@ -160,6 +174,8 @@ class Collector:
     allowed = _METHODS[kind]
     if method == 'OPTIONS' and kind not in ('health', 'ready', 'metrics'):
       return await self._preflight(scope, answer, allowed)
+    if method == 'HEAD' and kind in ('open', 'click'):
+      method = 'GET'  # answered as a GET without its body; the hit is a machine's
     if method != allowed:
       methods = allowed if kind in ('health', 'ready', 'metrics') else f'{allowed}, OPTIONS'
       raise _Answer(405, {'error': 'method_not_allowed', 'message': f'use {allowed}'},
@@ -176,6 +192,8 @@ class Collector:
       return await self._metrics(scope, answer)
     if kind in ('pixel', 'rudder_pixel'):
       return await self._pixel(scope, kind, call_type, answer, outcome)
+    if kind in ('open', 'click'):
+      return await self._tracked(scope, kind, call_type, answer, outcome)
     return await self._post(scope, receive, kind, call_type, answer, outcome)
 
   async def _post(self, scope, receive, kind, call_type, answer, outcome):
@@ -244,6 +262,55 @@ class Collector:
     status = 200 if await self._publish([message], source, outcome) else 503
     await answer(status, PIXEL_GIF, gif[0],
                  gif[1] + (((b'retry-after', b'1'),) if status == 503 else ()))
+
+  async def _tracked(self, scope, kind, token, answer, outcome):
+    """A tracked open (always a GIF; 503 when Pub/Sub did not take a valid hit's event) or
+    click (always a 302: to the link when the token is valid, whatever Pub/Sub did, since the
+    reader must get where they clicked; else to the landing URL). Nothing but a valid token's
+    link is ever redirected to."""
+    config = self.settings.tracking
+    gif = (b'image/gif', ((b'cache-control', b'no-store, max-age=0'),))
+    landing = ((b'cache-control', b'no-store'), (b'referrer-policy', b'no-referrer'))
+    if config is None:
+      self._refuse(outcome, 'tracking_not_configured')
+      self._tracking_hits.labels(kind, 'not_configured').inc()
+      if kind == 'open':
+        return await answer(200, PIXEL_GIF, *gif)
+      raise _Answer(404, {'error': 'not_found', 'message': 'tracking is not configured '
+                          '(COLLECTOR_TRACKING_KEYS)'})
+    now = time.time()
+    if kind == 'open':
+      token = token[:-4] if token.endswith('.gif') else '\x00'  # no .gif: not a pixel URL
+    try:
+      link = config.keys.verify(token, now)
+      if (link.url is None) != (kind == 'open'):  # a pixel's token is no link, and back
+        raise InvalidToken('wrong_kind', f'the token is not one of an {kind}')
+    except InvalidToken as refused:
+      self._refuse(outcome, f'token_{refused.reason}')
+      self._tracking_hits.labels(kind, refused.reason).inc()
+      if kind == 'open':
+        return await answer(200, PIXEL_GIF, *gif)
+      return await answer(302, b'', b'text/plain', (
+          (b'location', tracking.location(config.landing_url)), *landing))
+    headers = _headers(scope)
+    stamp = self._stamp(scope, headers)
+    first_open = self._first_opens.first(link)
+    if kind == 'open':
+      self._first_opens.opened(link, now)
+    reason = tracking.machine_reason(link, kind, scope['method'], headers, stamp.ip, now,
+                                     first_open, config.fast_click_seconds)
+    self._tracking_hits.labels(kind, 'human' if reason is None else 'machine').inc()
+    outcome['source'] = config.source
+    data, message_id = events.encode(
+        tracking.event(link, kind, reason, headers, stamp.received_at), stamp)
+    outcome['events'] = 1
+    published = await self._publish([_message(data, message_id, config.source, stamp)],
+                                     config.source, outcome)
+    if kind == 'click':
+      return await answer(302, b'', b'text/plain', (
+          (b'location', tracking.location(link.url)), *landing))
+    await answer(200 if published else 503, PIXEL_GIF, gif[0],
+                 gif[1] + (() if published else ((b'retry-after', b'1'),)))
 
   async def _publish(self, messages, source, outcome) -> bool:
     started = time.perf_counter()

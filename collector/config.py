@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 # A source name becomes a Pub/Sub attribute and part of the events table's `source` column: the
 # pipeline's own rule for it decides what the collector accepts, so the two cannot disagree.
 from transforms.rules.source_tags import is_source_name
+from transforms.rules.tracking import KeyRingError, TokenKeys, safe_url
 
 MIN_KEY_LENGTH = 8
 # Printable ASCII without spaces or ':' (it travels as a Basic username, which ends at a ':').
@@ -63,6 +64,18 @@ _SETTINGS = (
      '(bounds memory under a flood of slow clients).'),
     ('COLLECTOR_METRICS_TOKEN', '--metrics-token', None,
      'If set, /metrics needs "Authorization: Bearer <token>".'),
+    ('COLLECTOR_TRACKING_KEYS', '--tracking-keys', None,
+     'Comma-separated key_id:secret pairs that sign the tracking tokens of open pixels '
+     '(/v1/o/TOKEN.gif) and click links (/v1/c/TOKEN); the first signs, all verify (rotation). '
+     'The connector signs with the same keys. Unset: tracking URLs are not served.'),
+    ('COLLECTOR_TRACKING_LANDING_URL', '--tracking-landing-url', None,
+     'Where a click with a forged, altered or expired token is sent (never to the URL it names). '
+     'Required with COLLECTOR_TRACKING_KEYS; an absolute http(s) URL.'),
+    ('COLLECTOR_TRACKING_SOURCE', '--tracking-source', 'email',
+     'Source name of the open and click events (their Pub/Sub `source` attribute).'),
+    ('COLLECTOR_FAST_CLICK_SECONDS', '--fast-click-seconds', '10',
+     'A click within this many seconds of the email\'s send or first open is a link scanner\'s '
+     '(machine: true). 0 turns the rule off.'),
 )
 
 
@@ -83,6 +96,7 @@ class Settings:
   max_outstanding_bytes: int = 64 << 20
   max_concurrency: int = 1000
   metrics_token: str | None = dataclasses.field(default=None, repr=False)
+  tracking: 'Tracking | None' = None
 
   @property
   def topic_path(self) -> str:
@@ -121,7 +135,40 @@ class Settings:
         body_timeout_seconds=_number(raw, 'COLLECTOR_BODY_TIMEOUT_SECONDS', float, 0.1, 600),
         max_outstanding_bytes=_number(raw, 'COLLECTOR_MAX_OUTSTANDING_MB', int, 1, 65536) << 20,
         max_concurrency=_number(raw, 'COLLECTOR_MAX_CONCURRENCY', int, 1, 1_000_000),
-        metrics_token=raw['COLLECTOR_METRICS_TOKEN'] or None)
+        metrics_token=raw['COLLECTOR_METRICS_TOKEN'] or None,
+        tracking=_tracking(raw))
+
+
+@dataclasses.dataclass(frozen=True)
+class Tracking:
+  """Tracked opens and clicks (docs/ENGAGEMENT.md): the key ring, the landing URL of refused
+  clicks, the source name of the events and the fast-click rule's window."""
+  keys: TokenKeys = dataclasses.field(repr=False)
+  landing_url: str
+  source: str = 'email'
+  fast_click_seconds: float = 10.0
+
+
+def _tracking(raw) -> Tracking | None:
+  text = raw['COLLECTOR_TRACKING_KEYS']
+  landing = raw['COLLECTOR_TRACKING_LANDING_URL']
+  if not text:
+    if landing:
+      raise ConfigError('COLLECTOR_TRACKING_LANDING_URL is set but COLLECTOR_TRACKING_KEYS is '
+                        'not: set both to serve tracking URLs')
+    return None
+  try:
+    keys = TokenKeys.parse(text, 'COLLECTOR_TRACKING_KEYS')
+  except KeyRingError as err:
+    raise ConfigError(str(err)) from None
+  if not landing or not safe_url(landing):
+    raise ConfigError('COLLECTOR_TRACKING_LANDING_URL must be an absolute http(s) URL (where a '
+                      'click with a bad token goes), required with COLLECTOR_TRACKING_KEYS')
+  source = raw['COLLECTOR_TRACKING_SOURCE']
+  if not is_source_name(source):
+    raise ConfigError(f'COLLECTOR_TRACKING_SOURCE {source!r} is not 1-64 of [A-Za-z0-9_.-]')
+  return Tracking(keys, landing, source,
+                  _number(raw, 'COLLECTOR_FAST_CLICK_SECONDS', float, 0, 3600))
 
 
 def parser() -> argparse.ArgumentParser:
