@@ -1,7 +1,9 @@
 """The send-time personalization API (ASGI, FastAPI).
 
     GET  /v1/customers/{customer_id}/personalization[?fields=a,b&limit_recommendations=N]
-    POST /v1/personalization:batchGet        {"customer_ids": [...]}   (at most 100)
+                                             [&campaign_id=C&email_id=E]
+    POST /v1/personalization:batchGet[?campaign_id=C&email_id=E]   {"customer_ids": [...]}
+                                                                    (at most 100)
     GET  /healthz   GET /readyz   GET /metrics
 
 Every endpoint but /healthz and /readyz needs an API key (`Authorization: Bearer KEY` or
@@ -12,9 +14,15 @@ Malformed requests get a 4xx with a small JSON body: more than MAX_HEADERS heade
 MAX_HEADER_BYTES of them 431, a batchGet body over MAX_BODY_BYTES 413 (read no further), one
 declared as anything but JSON 415. There is no OpenAPI document and no trailing-slash redirect
 (Starlette builds its Location from the Host header).
+
+Every answer says whether the customer is in the global holdout (`holdout`, computed here with
+the pipeline's own rule, so it is known without a document). With `campaign_id` and `email_id`
+the answer carries signed tracking URLs (when tracking keys are set) and a held-out customer's
+exposure is recorded before it is sent (connector/engagement.py, connector/exposures.py).
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -25,8 +33,9 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest
 
-from connector import shaping
+from connector import engagement, shaping
 from connector.config import Settings
+from connector.exposures import Exposures, ExposureUnavailable
 from connector.store import DocumentStore, StoreUnavailable, TtlCache
 
 MAX_BODY_BYTES = 64 * 1024
@@ -35,6 +44,8 @@ MAX_HEADER_BYTES = 16 * 1024
 # The only routes that answer without an API key.
 PUBLIC_PATHS = ('/healthz', '/readyz')
 _log = logging.getLogger('connector.access')
+# At most one holdout-mismatch warning per this many seconds (the counter counts every one).
+MISMATCH_LOG_SECONDS = 60
 
 
 class _Unauthorized(Exception):
@@ -46,7 +57,8 @@ def _json(status: int, body, headers: dict | None = None) -> Response:
                   headers=headers)
 
 
-def create_app(settings: Settings, store: DocumentStore | None = None):
+def create_app(settings: Settings, store: DocumentStore | None = None,
+               exposures: Exposures | None = None, clock=time.time):
   store = store or DocumentStore(settings.project, settings.database, settings.collection)
   cache = TtlCache(settings.cache_ttl_seconds)
   keys = tuple(k.encode() for k in settings.api_keys)
@@ -58,7 +70,19 @@ def create_app(settings: Settings, store: DocumentStore | None = None):
                       registry=registry)
   cache_lookups = Counter('connector_cache_lookups', 'Document cache lookups by result',
                           ['result'], registry=registry)
+  mismatches = Counter('connector_holdout_mismatch', 'Documents whose holdout differs from the '
+                       "connector's (pipeline and connector holdout settings differ)",
+                       registry=registry)
+  exposure_results = Counter('connector_exposures', 'Exposure recordings by result',
+                             ['result'], registry=registry)
   cache_control = f'private, max-age={int(settings.cache_ttl_seconds)}'
+  tracking = engagement.Tracking(settings.tracking_keys, settings.tracking_base_url,
+                                 settings.tracking_ttl_seconds) if settings.tracking_keys else None
+  if exposures is None and settings.events_topic:
+    exposures = Exposures(settings.project, settings.database, settings.exposures_collection,
+                          settings.events_topic,
+                          count=lambda result: exposure_results.labels(result).inc())
+  mismatch_logged = [float('-inf')]
 
   def authorized(request: Request) -> bool:
     header = request.headers.get('authorization', '')
@@ -87,6 +111,42 @@ def create_app(settings: Settings, store: DocumentStore | None = None):
                 openapi_url=None, redirect_slashes=False, dependencies=[Depends(require_key)])
   app.add_exception_handler(_Unauthorized, lambda request, exc: unauthorized())
 
+  def held_out(customer_id: str, document: dict | None) -> bool:
+    """The connector's own holdout verdict; a document that says otherwise is counted."""
+    ours = settings.holdout.held_out(customer_id)
+    stored = None if document is None else document.get('holdout')
+    if isinstance(stored, bool) and stored != ours:
+      mismatches.inc()
+      if time.monotonic() - mismatch_logged[0] >= MISMATCH_LOG_SECONDS:
+        mismatch_logged[0] = time.monotonic()
+        logging.getLogger('connector').warning(
+            'a document says holdout=%s where the connector says %s: the pipeline\'s '
+            '--holdout_percent/--holdout_salt and CONNECTOR_HOLDOUT_PERCENT/_SALT differ '
+            '(connector_holdout_mismatch_total counts every one)', stored, ours)
+    return ours
+
+  def respond(customer_id: str, document: dict, holdout: bool, wanted, limit,
+              send: engagement.Send | None, now: int) -> dict:
+    body = shaping.shape(document, wanted, limit)
+    body['holdout'] = holdout
+    if send is not None:
+      if tracking is None:
+        body['tracking'] = None
+      else:
+        body = tracking.decorate(body, customer_id, send, now)
+    return body
+
+  async def record_exposures(held: list[str], send: engagement.Send | None) -> bool:
+    """Records the held-out customers' exposures to `send`; False when one was not."""
+    if send is None or not held or exposures is None:
+      return True
+    try:
+      await asyncio.gather(*(exposures.record(customer_id, send) for customer_id in held))
+    except ExposureUnavailable as err:
+      logging.getLogger('connector').warning('exposure failed: %s', err)
+      return False
+    return True
+
   async def lookup(ids: list[str]) -> dict[str, dict | None]:
     found, missing = {}, []
     for customer_id in ids:
@@ -105,10 +165,12 @@ def create_app(settings: Settings, store: DocumentStore | None = None):
 
   @app.get('/v1/customers/{customer_id}/personalization')
   async def personalization(request: Request, customer_id: str, fields: str | None = None,
-                            limit_recommendations: int | None = Query(None, ge=0, le=100)):
+                            limit_recommendations: int | None = Query(None, ge=0, le=100),
+                            campaign_id: str | None = None, email_id: str | None = None):
     try:
       shaping.check_customer_id(customer_id)
       wanted = shaping.parse_fields(fields)
+      send = engagement.parse_send(campaign_id, email_id)
     except shaping.BadRequest as err:
       return _json(400, {'error': 'bad_request', 'message': str(err)})
     try:
@@ -116,9 +178,14 @@ def create_app(settings: Settings, store: DocumentStore | None = None):
     except StoreUnavailable as err:
       logging.getLogger('connector').warning('lookup failed: %s', err)
       return unavailable()
+    holdout = held_out(customer_id, document)
+    if holdout and not await record_exposures([customer_id], send):
+      return unavailable()
     if document is None:
-      return _json(404, {'error': 'not_found'}, {'Cache-Control': cache_control})
-    body = shaping.render(shaping.shape(document, wanted, limit_recommendations))
+      return _json(404, {'error': 'not_found', 'holdout': holdout},
+                   {'Cache-Control': cache_control})
+    body = shaping.render(respond(customer_id, document, holdout, wanted, limit_recommendations,
+                                  send, int(clock())))
     tag = shaping.etag(body)
     headers = {'ETag': tag, 'Cache-Control': cache_control}
     if tag in [t.strip() for t in request.headers.get('if-none-match', '').split(',')]:
@@ -144,6 +211,8 @@ def create_app(settings: Settings, store: DocumentStore | None = None):
       for customer_id in ids:
         shaping.check_customer_id(customer_id)
       wanted = shaping.parse_fields(request.query_params.get('fields'))
+      send = engagement.parse_send(request.query_params.get('campaign_id'),
+                                   request.query_params.get('email_id'))
     except orjson.JSONDecodeError:
       return _json(400, {'error': 'bad_request', 'message': 'body is not JSON'})
     except shaping.BadRequest as err:
@@ -153,9 +222,15 @@ def create_app(settings: Settings, store: DocumentStore | None = None):
     except StoreUnavailable as err:
       logging.getLogger('connector').warning('lookup failed: %s', err)
       return unavailable()
+    holdout = {i: held_out(i, found[i]) for i in ids}
+    if not await record_exposures([i for i, held in holdout.items() if held], send):
+      return unavailable()
+    now = int(clock())
     return _json(200, {
-        'customers': {i: shaping.shape(d, wanted) for i, d in found.items() if d is not None},
-        'not_found': [i for i, d in found.items() if d is None]})
+        'customers': {i: respond(i, d, holdout[i], wanted, None, send, now)
+                      for i, d in found.items() if d is not None},
+        'not_found': [i for i, d in found.items() if d is None],
+        'holdout': holdout})
 
   @app.get('/healthz')
   async def healthz():
@@ -176,6 +251,8 @@ def create_app(settings: Settings, store: DocumentStore | None = None):
   @app.on_event('shutdown')
   async def close():
     await store.close()
+    if exposures is not None:
+      await exposures.close()
 
   app.state.cache = cache
   return _Observed(app, requests, latency)

@@ -1,9 +1,18 @@
-"""Connector settings from the environment (12-factor). API keys are never logged or repr'd."""
+"""Connector settings from the environment (12-factor), validated once. API keys and tracking
+secrets are never logged or repr'd."""
 from __future__ import annotations
 
 import dataclasses
 import os
 import pathlib
+import re
+import urllib.parse
+
+from transforms.rules.holdout import DEFAULT_SALT, Holdout
+from transforms.rules.tracking import KeyRingError, TokenKeys, safe_url
+
+_TOPIC = re.compile(r'projects/[^/\s]+/topics/[^/\s]+')
+_SECONDS_PER_DAY = 86_400
 
 
 class ConfigError(Exception):
@@ -20,6 +29,39 @@ class Settings:
   host: str = '127.0.0.1'
   port: int = 8080
   max_batch: int = 100
+  # Tracking URLs (docs/CONNECTOR.md, "Tracking, holdout and exposures"): off without keys.
+  tracking_keys: TokenKeys | None = dataclasses.field(default=None, repr=False)
+  tracking_base_url: str | None = None
+  tracking_ttl_days: int = 90
+  # The global holdout, the same rule and settings as the pipeline's --holdout_percent/_salt.
+  holdout: Holdout = Holdout()
+  events_topic: str | None = None
+  exposures_collection: str = 'exposures'
+
+  def __post_init__(self):
+    """The rules that tie settings together hold however Settings was built (from_env or by
+    hand, as the tests do)."""
+    if self.tracking_keys is not None:
+      if not self.tracking_base_url:
+        raise ConfigError('set CONNECTOR_TRACKING_BASE_URL (the collector\'s public base URL, '
+                          'e.g. https://t.example.com) when CONNECTOR_TRACKING_KEYS is set')
+      object.__setattr__(self, 'tracking_base_url', base_url(self.tracking_base_url))
+    if isinstance(self.tracking_ttl_days, bool) or not isinstance(
+        self.tracking_ttl_days, int) or self.tracking_ttl_days <= 0:
+      raise ConfigError('CONNECTOR_TRACKING_TTL_DAYS must be a positive whole number of days')
+    if self.holdout.threshold > 0 and not self.events_topic:
+      raise ConfigError('set CONNECTOR_EVENTS_TOPIC (projects/P/topics/T, the raw events topic) '
+                        'when CONNECTOR_HOLDOUT_PERCENT > 0: exposures of held-out customers are '
+                        'published there')
+    if self.events_topic is not None and not _TOPIC.fullmatch(self.events_topic):
+      raise ConfigError(f'CONNECTOR_EVENTS_TOPIC must be projects/P/topics/T, got '
+                        f'{self.events_topic[:200]!r}')
+    if not self.exposures_collection or '/' in self.exposures_collection:
+      raise ConfigError('CONNECTOR_EXPOSURES_COLLECTION must be a collection id (no `/`)')
+
+  @property
+  def tracking_ttl_seconds(self) -> int:
+    return self.tracking_ttl_days * _SECONDS_PER_DAY
 
   @classmethod
   def from_env(cls, env=None) -> 'Settings':
@@ -30,11 +72,7 @@ class Settings:
     keys = [k.strip() for k in env.get('CONNECTOR_API_KEYS', '').split(',') if k.strip()]
     key_file = env.get('CONNECTOR_API_KEYS_FILE')
     if key_file:
-      path = pathlib.Path(key_file)
-      if not path.is_file():
-        raise ConfigError(f'CONNECTOR_API_KEYS_FILE {key_file} is not a readable file')
-      keys += [line.strip() for line in path.read_text().splitlines()
-               if line.strip() and not line.startswith('#')]
+      keys += _lines(key_file, 'CONNECTOR_API_KEYS_FILE')
     if not keys:
       raise ConfigError('set CONNECTOR_API_KEYS (comma-separated) or CONNECTOR_API_KEYS_FILE '
                         '(one key per line): every endpoint but health needs a key')
@@ -49,4 +87,78 @@ class Settings:
       raise ConfigError('CONNECTOR_CACHE_TTL_SECONDS must be >= 0')
     return cls(project=project, database=env.get('CONNECTOR_DATABASE', '(default)'),
                collection=env.get('CONNECTOR_COLLECTION', 'customers'), api_keys=tuple(keys),
-               cache_ttl_seconds=ttl, host=env.get('CONNECTOR_HOST', '127.0.0.1'), port=port)
+               cache_ttl_seconds=ttl, host=env.get('CONNECTOR_HOST', '127.0.0.1'), port=port,
+               tracking_keys=_tracking_keys(env),
+               tracking_base_url=env.get('CONNECTOR_TRACKING_BASE_URL') or None,
+               tracking_ttl_days=_ttl_days(env.get('CONNECTOR_TRACKING_TTL_DAYS') or '90'),
+               holdout=_holdout(env), events_topic=env.get('CONNECTOR_EVENTS_TOPIC') or None,
+               exposures_collection=env.get('CONNECTOR_EXPOSURES_COLLECTION') or 'exposures')
+
+
+def base_url(raw: str) -> str:
+  """The collector's public base URL without trailing slashes, so `<base>/v1/o/...` never has
+  `//`: an absolute http(s) URL with a host, no query or fragment."""
+  url = raw.strip().rstrip('/')
+  parts = urllib.parse.urlsplit(url) if safe_url(url) else None
+  if parts is None or parts.query or parts.fragment or '?' in url or '#' in url:
+    raise ConfigError(f'CONNECTOR_TRACKING_BASE_URL must be an absolute http(s) URL with a host '
+                      f'and no query or fragment (e.g. https://t.example.com), got {raw[:200]!r}')
+  return url
+
+
+def _lines(path_text: str, name: str) -> list[str]:
+  """A secrets file: one entry per line, `#` comments and blank lines skipped."""
+  path = pathlib.Path(path_text)
+  if not path.is_file():
+    raise ConfigError(f'{name} {path_text} is not a readable file')
+  return [line.strip() for line in path.read_text().splitlines()
+          if line.strip() and not line.strip().startswith('#')]
+
+
+def _tracking_keys(env) -> TokenKeys | None:
+  """CONNECTOR_TRACKING_KEYS (`kid:secret,kid:secret`) then CONNECTOR_TRACKING_KEYS_FILE (one
+  `kid:secret` a line): the first key listed signs, every one verifies."""
+  entries = []
+  for name in ('CONNECTOR_TRACKING_KEYS', 'CONNECTOR_TRACKING_KEYS_FILE'):
+    value = env.get(name)
+    if not value:
+      continue
+    text = ','.join(_lines(value, name)) if name.endswith('_FILE') else value
+    try:
+      TokenKeys.parse(text, where=name)
+    except KeyRingError as err:
+      raise ConfigError(str(err)) from None
+    entries.append(text)
+  if not entries:
+    return None
+  try:
+    return TokenKeys.parse(','.join(entries),
+                           where='CONNECTOR_TRACKING_KEYS and CONNECTOR_TRACKING_KEYS_FILE')
+  except KeyRingError as err:
+    raise ConfigError(str(err)) from None
+
+
+def _ttl_days(raw: str) -> int:
+  try:
+    days = int(raw)
+  except ValueError:
+    days = 0
+  if days <= 0:
+    raise ConfigError(f'CONNECTOR_TRACKING_TTL_DAYS must be a positive whole number of days, got '
+                      f'{raw[:50]!r}')
+  return days
+
+
+def _holdout(env) -> Holdout:
+  raw = env.get('CONNECTOR_HOLDOUT_PERCENT') or '0'
+  try:
+    percent = float(raw)
+    Holdout(percent)
+  except ValueError as err:
+    raise ConfigError(f'CONNECTOR_HOLDOUT_PERCENT={raw[:50]!r} is refused: it must be a number '
+                      f'from 0 to 50 with at most two decimals, as the pipeline\'s '
+                      f'--holdout_percent ({err})') from None
+  try:
+    return Holdout(percent, env.get('CONNECTOR_HOLDOUT_SALT') or DEFAULT_SALT)
+  except ValueError as err:
+    raise ConfigError(f'CONNECTOR_HOLDOUT_SALT is refused ({err})') from None
