@@ -170,3 +170,31 @@ def test_the_collectors_pins_are_the_pipelines_and_the_connectors_where_they_sha
 
 def test_the_event_limit_is_the_pipelines_message_limit():
   assert events.MAX_EVENT_BYTES == DEFAULT_MAX_MESSAGE_BYTES == 32768
+
+
+TRACKING = {'COLLECTOR_TRACKING_KEYS': 'k1:' + 's' * 32,
+            'COLLECTOR_TRACKING_LANDING_URL': 'https://shop.example.com/'}
+
+
+def test_tracking_is_off_unless_keys_are_set_and_then_needs_a_landing_url():
+  assert Settings.from_sources([], BASE).tracking is None
+  tracking = Settings.from_sources([], {**BASE, **TRACKING}).tracking
+  assert tracking.landing_url == 'https://shop.example.com/' and tracking.source == 'email'
+  assert tracking.fast_click_seconds == 10 and tracking.keys.signing == 'k1'
+  assert 's' * 32 not in repr(Settings.from_sources([], {**BASE, **TRACKING}))
+
+
+@pytest.mark.parametrize('env, words', [
+    ({'COLLECTOR_TRACKING_KEYS': 'k1:' + 's' * 32}, 'COLLECTOR_TRACKING_LANDING_URL'),
+    ({**TRACKING, 'COLLECTOR_TRACKING_LANDING_URL': 'javascript:alert(1)'},
+     'COLLECTOR_TRACKING_LANDING_URL'),
+    ({**TRACKING, 'COLLECTOR_TRACKING_LANDING_URL': '/relative'}, 'COLLECTOR_TRACKING_LANDING_URL'),
+    ({'COLLECTOR_TRACKING_LANDING_URL': 'https://shop.example.com/'}, 'COLLECTOR_TRACKING_KEYS'),
+    ({**TRACKING, 'COLLECTOR_TRACKING_KEYS': 'k1:short'}, 'COLLECTOR_TRACKING_KEYS'),
+    ({**TRACKING, 'COLLECTOR_TRACKING_SOURCE': 'bad source'}, 'COLLECTOR_TRACKING_SOURCE'),
+    ({**TRACKING, 'COLLECTOR_FAST_CLICK_SECONDS': '-1'}, 'COLLECTOR_FAST_CLICK_SECONDS'),
+])
+def test_bad_tracking_settings_name_the_variable_and_never_the_secret(env, words):
+  with pytest.raises(ConfigError) as err:
+    Settings.from_sources([], {**BASE, **env})
+  assert words in str(err.value) and 's' * 32 not in str(err.value)
