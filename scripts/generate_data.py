@@ -4,11 +4,17 @@
         [--events 50000] [--seed 42] [--files 4] [--duplicate-share 0.02]
         [--malformed-share 0.005] [--invalid-share 0.01] [--late-share 0.02]
         [--start 2026-11-01T00:00:00Z] [--days 14]
+        [--no-campaign | --campaign-id sample-campaign --campaign-holdout-percent 10
+         --campaign-base-rate 0.05 --campaign-lift 0.3 --campaign-attribution-days 7
+         --campaign-customers N]
 
 Writes into the output directory:
 
 * `events-00000-of-00004.ndjson.gz` ...: Segment-spec calls (track, identify, page), one JSON object
-  a line, gzipped, shuffled (not in time order), with controlled bad data mixed in;
+  a line, gzipped, shuffled (not in time order), with controlled bad data mixed in; and, unless
+  `--no-campaign`, the events of one email campaign with a holdout, on top of `--events`
+  (`campaign_events`: exposures, machine and human opens and clicks, orders with a known true lift;
+  docs/ENGAGEMENT.md, "Sample campaigns");
 * `customers.csv` and `catalog.csv`: the reference data the events refer to;
 * `manifest.json`: the parameters and the exact counts of what was written.
 
@@ -18,7 +24,8 @@ products), the customers only on (seed, customers), so changing `--events` keeps
 
 Counts in the manifest (all exact, computed while writing):
 
-* `lines_total = valid_unique + duplicates + malformed + invalid` (equals `--events`);
+* `lines_total = valid_unique + duplicates + malformed + invalid` (equals `--events`, plus
+  `campaign.events` with a campaign);
 * `duplicates`: extra byte-identical copies of valid lines (same messageId);
 * `malformed`: lines that are not a JSON object (`malformed_kinds`: truncated_json, not_json,
   invalid_utf8, json_array, json_number);
@@ -29,7 +36,11 @@ Counts in the manifest (all exact, computed while writing):
 * `late`: valid unique events whose receivedAt is 1-3 days after their event time;
 * `event_names`: valid unique events by track event name, or `page` / `identify`;
 * `user_ids`, `anonymous_ids`: distinct non-empty ids among valid unique events;
-* `start`, `end`: min and max event time (the skew-corrected `timestamp`) of valid events.
+* `start`, `end`: min and max event time (the skew-corrected `timestamp`) of valid events;
+* `campaign` (with a campaign): its settings, `send_at`, `events` and `event_names` (all valid,
+  unique, never late, counted in the totals above too), and per group (`treatment`, `control`)
+  `customers`, `conversions` and `orders` (the campaign's own orders), `revenue` (their totals),
+  for treatment also `machine_opens`, `human_opens` and `clicks` (distinct customers).
 
 Event time: every valid event has `timestamp == receivedAt - (sentAt - originalTimestamp)`, exactly
 (millisecond precision). originalTimestamp and sentAt are read off the device clock, which is off by
@@ -46,6 +57,7 @@ import dataclasses
 import datetime as dt
 import functools
 import gzip
+import itertools
 import json
 import math
 import pathlib
@@ -53,6 +65,8 @@ import random
 import sys
 import unicodedata
 from typing import Any, Iterator, Sequence
+
+from transforms.rules import holdout, machine
 
 try:
   import orjson
@@ -667,9 +681,7 @@ class _Journey:
     if rng.random() >= 0.82:
       return  # abandoned at checkout: the cart stays
     self.tick(5 * _SECOND, 60 * _SECOND)
-    shipping = 0 if revenue >= 7500 else 495
-    tax = round(revenue * 0.08)
-    total = revenue + shipping + tax
+    shipping, tax, total = order_amounts(revenue)
     self.track('Order Completed', {
         'checkout_id': _hex_id(rng, 'chk-'), 'order_id': order_id, 'total': total / 100,
         'revenue': revenue / 100, 'shipping': shipping / 100, 'tax': tax / 100,
@@ -759,6 +771,13 @@ class _Journey:
     self.tick(1 * _SECOND, 3 * _SECOND, 10 * _SECOND)
     self.campaign = {'name': campaign_name, 'source': 'email', 'medium': 'email'}
     return index, search
+
+
+def order_amounts(revenue_cents: int) -> tuple[int, int, int]:
+  """(shipping, tax, total) in cents of an order of `revenue_cents`: free shipping from $75."""
+  shipping = 0 if revenue_cents >= 7500 else 495
+  tax = round(revenue_cents * 0.08)
+  return shipping, tax, revenue_cents + shipping + tax
 
 
 @functools.lru_cache(maxsize=64)
@@ -935,6 +954,207 @@ def malformed_line(rng: random.Random, kind: str, sample: bytes | None) -> bytes
   raise ValueError(f'unknown malformed kind {kind!r}')
 
 
+# ---- Campaign ----------------------------------------------------------------------------------
+
+DEFAULT_CAMPAIGN_ID = 'sample-campaign'
+# What the treatment customers' mail clients and readers do (docs/ENGAGEMENT.md, "Sample
+# campaigns"). Shares of treatment customers unless said otherwise.
+APPLE_PRIVACY_SHARE = 0.40  # Apple Mail Privacy Protection: Apple's proxy loads the pixel at delivery
+IMAGE_PROXY_SHARE = 0.05    # of the others: a caching image proxy fetches it when they read
+READ_SHARE = 0.25           # read the email (an MPP reader's own open is never seen: it is cached)
+REOPEN_SHARE = 0.25         # of the readers whose opens are seen: open it once more
+CLICK_SHARE = 0.22          # of the readers: follow a link
+SCANNER_SHARE = 0.03        # a security gateway's link scanner follows a link at delivery
+SEND_SPREAD_MS = 30 * _MINUTE  # the ESP delivers the whole send within this time of send_at
+READ_MEAN_MS = 3 * _HOUR       # a reader opens this long after delivery on average (at most 72 h)
+ORDER_MEAN_MS = 36 * _HOUR     # a campaign order follows delivery by this on average (cut at the
+                               # attribution window)
+
+_APPLE_PROXY_AGENT = 'Mozilla/5.0'  # what Apple's proxy sends (transforms/rules/machine.py)
+_IMAGE_PROXY_AGENT = ('Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 '
+                      '(via ggpht.com GoogleImageProxy)')
+_SCANNER_AGENT = 'Mozilla/5.0 (compatible; Barracuda Sentinel (EE))'
+
+
+@dataclasses.dataclass(frozen=True)
+class Campaign:
+  """One email campaign with a holdout, as the generator plays it.
+
+  Every audience customer is assigned by `transforms.rules.holdout.Holdout(holdout_percent,
+  holdout_salt)`: control customers get `Email Held Out`, treatment customers `Email Delivered`
+  and then machine and human opens and clicks. Each customer orders within `attribution_days` of
+  the send with probability `base_rate`, a treatment customer with `base_rate x (1 + lift)`
+  (capped at 1): `lift` is the true relative lift a report should find. `customers`: the audience
+  is the first that many generated customers (None: all of them).
+  """
+  campaign_id: str = DEFAULT_CAMPAIGN_ID
+  holdout_percent: float = 10
+  holdout_salt: str = holdout.DEFAULT_SALT
+  base_rate: float = 0.05
+  lift: float = 0.3
+  attribution_days: int = 7
+  customers: int | None = None
+
+  def __post_init__(self):
+    if not isinstance(self.campaign_id, str) or not self.campaign_id.strip():
+      raise ValueError('--campaign-id must be a non-empty string')
+    try:
+      holdout.Holdout(self.holdout_percent, self.holdout_salt)
+    except ValueError as err:
+      raise ValueError(str(err).replace('--holdout_', '--campaign-holdout-')) from None
+    if not 0 <= self.base_rate <= 1:
+      raise ValueError(f'--campaign-base-rate must be between 0 and 1, got {self.base_rate}')
+    if not (math.isfinite(self.lift) and self.lift >= -1):
+      raise ValueError(f'--campaign-lift must be -1 or more, got {self.lift}')
+    if (isinstance(self.attribution_days, bool) or not isinstance(self.attribution_days, int)
+        or self.attribution_days < 1):
+      raise ValueError(f'--campaign-attribution-days must be a whole number >= 1, got '
+                       f'{self.attribution_days!r}')
+    if self.customers is not None and self.customers < 0:
+      raise ValueError(f'--campaign-customers must be >= 0, got {self.customers}')
+
+  @property
+  def split(self) -> holdout.Holdout:
+    return holdout.Holdout(self.holdout_percent, self.holdout_salt)
+
+  @property
+  def treatment_rate(self) -> float:
+    return min(1.0, self.base_rate * (1 + self.lift))
+
+  def send_at(self, start: dt.datetime, days: float) -> dt.datetime:
+    """When the generator sends: centred in the event window so that the attribution window fits
+    in it (at the start when the event window is shorter)."""
+    return start + dt.timedelta(days=max(0.0, days - self.attribution_days) / 2)
+
+
+@functools.lru_cache(maxsize=1)
+def _default_campaign_products() -> tuple[Product, ...]:
+  return tuple(build_catalog(random.Random('campaign-products'), 60))
+
+
+def campaign_events(rng: random.Random, customer_ids: Sequence[str],
+                    start: str | dt.datetime, campaign: Campaign = Campaign(),
+                    products: Sequence[Product] | None = None) -> Iterator[dict]:
+  """The Segment events of `campaign` sent to `customer_ids` at `start`, customer by customer
+  (each customer's in time order), stamped like every generated event.
+
+  Pure apart from `rng`: the same rng state, ids and arguments give the same events. Orders are
+  for `products` (default: a fixed 60-product catalog).
+  """
+  send_at = parse_time(start) if isinstance(start, str) else start.astimezone(dt.timezone.utc)
+  for draft in _campaign_drafts(rng, customer_ids, to_millis(send_at), campaign,
+                                products or _default_campaign_products()):
+    stamp(rng, draft)
+    yield draft.payload
+
+
+def _campaign_drafts(rng: random.Random, customer_ids: Sequence[str], send_at_ms: int,
+                     campaign: Campaign, products: Sequence[Product]) -> Iterator[Draft]:
+  if not products:
+    raise ValueError('a campaign needs at least one product to order')
+  split = campaign.split
+  window = campaign.attribution_days * _DAY
+  for customer_id in customer_ids:
+    delivered = send_at_ms + rng.randrange(SEND_SPREAD_MS)
+    base = {'email_id': _hex_id(rng, 'em-', 64), 'campaign_id': campaign.campaign_id}
+    if split.held_out(customer_id):
+      rate = campaign.base_rate
+      yield _server_draft(rng, delivered, 'Email Held Out', base, customer_id)
+    else:
+      rate = campaign.treatment_rate
+      yield _server_draft(rng, delivered, 'Email Delivered',
+                          {**base, 'campaign_name': 'Sample Campaign',
+                           'email_subject': 'Picked for you this week'}, customer_id)
+      yield from _engagement(rng, delivered, base, customer_id, products)
+    if rng.random() < rate:
+      # Strictly inside [delivery, delivery + window): stamping adds at most 400 ms of network.
+      yield _campaign_order(rng, delivered + _MINUTE + _truncated_exponential(
+          rng, ORDER_MEAN_MS, window - _MINUTE - _SECOND), customer_id, products)
+
+
+def _truncated_exponential(rng: random.Random, mean: int, cap: int) -> int:
+  """An exponential delay (ms) with `mean`, conditioned on being below `cap` (inverse CDF)."""
+  u = rng.random()
+  return min(cap - 1, int(-mean * math.log(1 - u * (1 - math.exp(-cap / mean)))))
+
+
+def _server_draft(rng: random.Random, t: int, event: str, properties: dict,
+                  user_id: str) -> Draft:
+  """A call from a server (the ESP's webhooks, the connector, the order system): no clock skew."""
+  return Draft(t, 0, False, {
+      'type': 'track', 'event': event, 'messageId': f'{rng.getrandbits(128):032x}',
+      'userId': user_id, 'properties': properties, 'context': {'library': _SERVER_LIBRARY},
+      'integrations': _NO_INTEGRATIONS})
+
+
+def _hit(rng: random.Random, t: int, event: str, base: dict, user_id: str, reason: str | None,
+         agent: str, ip: str, link_url: str | None = None) -> Draft:
+  """An open or a click as the tracking collector publishes it (collector/tracking.py)."""
+  properties = {**base, 'machine': reason is not None, 'machine_reason': reason}
+  if link_url is not None:
+    properties['link_url'] = link_url
+  return Draft(t, 0, False, {
+      'type': 'track', 'event': event, 'messageId': f'{rng.getrandbits(128):032x}',
+      'userId': user_id, 'properties': properties, 'context': {'ip': ip, 'userAgent': agent}})
+
+
+def _public_ip(rng: random.Random, first: int | None = None) -> str:
+  first = rng.randint(11, 223) if first is None else first
+  return f'{first}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randint(1, 254)}'
+
+
+def _engagement(rng: random.Random, delivered: int, base: dict, customer_id: str,
+                products: Sequence[Product]) -> list[Draft]:
+  """A treatment customer's opens and clicks, machines' and the reader's, in time order."""
+  def link() -> str:
+    product = products[rng.randrange(len(products))]
+    return (f'{product.url}?utm_source=email&utm_medium=email&'
+            f'utm_campaign={base["campaign_id"]}')
+
+  drafts = []
+  apple = rng.random() < APPLE_PRIVACY_SHARE
+  if apple:
+    drafts.append(_hit(rng, delivered + rng.randint(2 * _SECOND, 3 * _MINUTE), 'Email Opened',
+                       base, customer_id, machine.APPLE_PRIVACY, _APPLE_PROXY_AGENT,
+                       _public_ip(rng, 17)))
+  proxied = not apple and rng.random() < IMAGE_PROXY_SHARE
+  if rng.random() < SCANNER_SHARE:
+    drafts.append(_hit(rng, delivered + rng.randint(_SECOND, 8 * _SECOND), 'Email Link Clicked',
+                       base, customer_id, machine.SCANNER, _SCANNER_AGENT, _public_ip(rng),
+                       link()))
+  if rng.random() < READ_SHARE:
+    read = delivered + _MINUTE + _truncated_exponential(rng, READ_MEAN_MS, 72 * _HOUR)
+    agent, ip = rng.choice(_USER_AGENTS), _public_ip(rng)
+    if proxied:
+      drafts.append(_hit(rng, read, 'Email Opened', base, customer_id, machine.IMAGE_PROXY,
+                         _IMAGE_PROXY_AGENT, _public_ip(rng, 66)))
+    elif not apple:
+      drafts.append(_hit(rng, read, 'Email Opened', base, customer_id, None, agent, ip))
+      if rng.random() < REOPEN_SHARE:
+        drafts.append(_hit(rng, read + rng.randint(10 * _MINUTE, 24 * _HOUR), 'Email Opened',
+                           base, customer_id, None, agent, ip))
+    if rng.random() < CLICK_SHARE:
+      drafts.append(_hit(rng, read + rng.randint(20 * _SECOND, 15 * _MINUTE),
+                         'Email Link Clicked', base, customer_id, None, agent, ip, link()))
+  drafts.sort(key=lambda d: d.t)
+  return drafts
+
+
+def _campaign_order(rng: random.Random, t: int, customer_id: str,
+                    products: Sequence[Product]) -> Draft:
+  """An `Order Completed` from the order system (E-commerce v2 properties)."""
+  picked = rng.sample(range(len(products)), min(len(products), 1 if rng.random() < 0.7 else 2))
+  items = [{'product_id': products[i].product_id, 'sku': products[i].sku,
+            'name': products[i].name, 'price': products[i].price, 'quantity': 1,
+            'category': products[i].category} for i in picked]
+  revenue = sum(products[i].price_cents for i in picked)
+  shipping, tax, total = order_amounts(revenue)
+  return _server_draft(rng, t, 'Order Completed', {
+      'order_id': _hex_id(rng, 'ord-'), 'total': total / 100, 'revenue': revenue / 100,
+      'shipping': shipping / 100, 'tax': tax / 100, 'discount': 0.0, 'currency': CURRENCY,
+      'products': items}, customer_id)
+
+
 # ---- Plan and output ---------------------------------------------------------------------------
 
 
@@ -1027,13 +1247,72 @@ class _Tally:
     self.kinds[kind] = self.kinds.get(kind, 0) + 1
 
 
+class _CampaignTally:
+  """What the campaign wrote, for the manifest: its own events only (the report also counts the
+  customers' other orders in the attribution window)."""
+
+  def __init__(self, campaign: Campaign, send_at: int) -> None:
+    self.campaign = campaign
+    self.send_at = send_at
+    self.events = 0
+    self.event_names: dict[str, int] = {}
+    self.treatment: set[str] = set()
+    self.control: set[str] = set()
+    self.converted: set[str] = set()
+    self.orders = {'treatment': 0, 'control': 0}
+    self.revenue_cents = {'treatment': 0, 'control': 0}
+    self.machine_opens: set[str] = set()
+    self.human_opens: set[str] = set()
+    self.clicks: set[str] = set()
+
+  def add(self, payload: dict) -> None:
+    name, customer = payload['event'], payload['userId']
+    properties = payload['properties']
+    self.events += 1
+    self.event_names[name] = self.event_names.get(name, 0) + 1
+    if name == 'Email Delivered':
+      self.treatment.add(customer)
+    elif name == 'Email Held Out':
+      self.control.add(customer)
+    elif name == 'Order Completed':
+      group = 'control' if customer in self.control else 'treatment'
+      self.converted.add(customer)
+      self.orders[group] += 1
+      self.revenue_cents[group] += round(properties['total'] * 100)
+    elif properties['machine']:
+      if name == 'Email Opened':
+        self.machine_opens.add(customer)
+    else:
+      (self.human_opens if name == 'Email Opened' else self.clicks).add(customer)
+
+  def manifest(self) -> dict:
+    campaign = self.campaign
+    groups = {}
+    for group, members in (('treatment', self.treatment), ('control', self.control)):
+      groups[group] = {'customers': len(members), 'conversions': len(self.converted & members),
+                       'orders': self.orders[group],
+                       'revenue': format_cents(self.revenue_cents[group])}
+    groups['treatment'].update(machine_opens=len(self.machine_opens),
+                               human_opens=len(self.human_opens), clicks=len(self.clicks))
+    return {'campaign_id': campaign.campaign_id, 'holdout_percent': campaign.holdout_percent,
+            'holdout_salt': campaign.holdout_salt, 'base_rate': campaign.base_rate,
+            'lift': campaign.lift, 'attribution_days': campaign.attribution_days,
+            'send_at': iso_millis(self.send_at), 'events': self.events,
+            'event_names': dict(sorted(self.event_names.items())), 'groups': groups}
+
+
 def generate(out_dir: pathlib.Path, customers: int = 2000, products: int = 500,
              events: int = 50000, seed: int = 42, files: int = 4,
              duplicate_share: float = 0.02, malformed_share: float = 0.005,
              invalid_share: float = 0.01, late_share: float = 0.02,
              start: str | dt.datetime = DEFAULT_START, days: float = 14,
-             compress_level: int = 6) -> dict:
-  """Write events shards, customers.csv, catalog.csv and manifest.json; return the manifest."""
+             compress_level: int = 6, campaign: Campaign | None = None) -> dict:
+  """Write events shards, customers.csv, catalog.csv and manifest.json; return the manifest.
+
+  With `campaign`, its events (`campaign_events`, sent to the campaign's audience at
+  `Campaign.send_at`) are written too, on top of the `events` lines; the CLI sends one by
+  default (`--no-campaign`), this function only when asked.
+  """
   if files < 1:
     raise ValueError(f'files must be >= 1, got {files}')
   if customers < 0 or products < 1:
@@ -1058,6 +1337,15 @@ def generate(out_dir: pathlib.Path, customers: int = 2000, products: int = 500,
     if stale.name not in names:
       stale.unlink()
   tally = _Tally()
+  lines = _lines(rng, world, plan, tally)
+  campaign_tally = None
+  if campaign is not None:
+    audience = people if campaign.customers is None else people[:campaign.customers]
+    send_at = to_millis(campaign.send_at(start_dt, days))
+    campaign_tally = _CampaignTally(campaign, send_at)
+    lines = itertools.chain(lines, _campaign_lines(
+        random.Random(f'{seed}:campaign'), world, [c.customer_id for c in audience], send_at,
+        campaign, tally, campaign_tally))
   lines_per_file = [0] * files
   with contextlib.ExitStack() as stack:
     shards = []
@@ -1068,7 +1356,7 @@ def generate(out_dir: pathlib.Path, customers: int = 2000, products: int = 500,
     writer = stack.enter_context(concurrent.futures.ThreadPoolExecutor(max_workers=1))
     pending: concurrent.futures.Future | None = None
     buffer: list[bytes] = []
-    for line in _lines(rng, world, plan, tally):
+    for line in lines:
       buffer.append(line)
       if len(buffer) >= _CHUNK_LINES:
         pending = _flush(rng, buffer, shards, lines_per_file, writer, pending)
@@ -1076,11 +1364,15 @@ def generate(out_dir: pathlib.Path, customers: int = 2000, products: int = 500,
     if pending is not None:
       pending.result()
 
-  manifest = _manifest(plan, tally, names, lines_per_file, seed=seed, customers=customers,
+  manifest = _manifest(plan, tally, names, lines_per_file,
+                       0 if campaign_tally is None else campaign_tally.events, seed=seed, customers=customers,
                        products=products, events=events, files=files,
                        duplicate_share=duplicate_share, malformed_share=malformed_share,
                        invalid_share=invalid_share, late_share=late_share,
-                       start=iso_millis(to_millis(start_dt)), days=days)
+                       start=iso_millis(to_millis(start_dt)), days=days,
+                       **({} if campaign is None else {'campaign': dataclasses.asdict(campaign)}))
+  if campaign_tally is not None:
+    manifest['campaign'] = campaign_tally.manifest()
   (out_dir / 'manifest.json').write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + '\n',
                                          encoding='utf-8')
   return manifest
@@ -1129,6 +1421,21 @@ def _lines(rng: random.Random, world: World, plan: Plan, tally: _Tally) -> Itera
       yield sample
 
 
+def _campaign_lines(rng: random.Random, world: World, customer_ids: list[str], send_at: int,
+                    campaign: Campaign, tally: _Tally,
+                    campaign_tally: _CampaignTally) -> Iterator[bytes]:
+  """The campaign's lines, counted as valid unique events; events that would fall after the
+  event window are not written."""
+  end = world.start_ms + world.window_ms
+  for draft in _campaign_drafts(rng, customer_ids, send_at, campaign, world.products):
+    event_time = stamp(rng, draft)
+    if event_time >= end:
+      continue
+    tally.add_valid(draft, event_time, False)
+    campaign_tally.add(draft.payload)
+    yield dumps(draft.payload)
+
+
 def deal(rng: random.Random, lines: list[bytes], lines_per_file: list[int]) -> list[bytes]:
   """Shuffle `lines` in place and deal them out round-robin, starting at the emptiest shard.
 
@@ -1167,9 +1474,10 @@ def _flush(rng: random.Random, buffer: list[bytes], shards: list[gzip.GzipFile],
 
 
 def _manifest(plan: Plan, tally: _Tally, names: list[str], lines_per_file: list[int],
-              **params: Any) -> dict:
+              campaign_lines: int = 0, **params: Any) -> dict:
   lines_total = tally.valid + tally.duplicates + tally.malformed + tally.invalid
-  assert lines_total == plan.lines == sum(lines_per_file), (lines_total, plan)
+  assert lines_total - campaign_lines == plan.lines, (lines_total, campaign_lines, plan)
+  assert lines_total == sum(lines_per_file), (lines_total, lines_per_file)
   malformed_kinds = {k: tally.kinds[k] for k in sorted(tally.kinds) if k in MALFORMED_KINDS}
   invalid_kinds = {k: tally.kinds[k] for k in sorted(tally.kinds) if k in INVALID_KINDS}
   failure_types: dict[str, int] = {}
@@ -1230,18 +1538,51 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument('--days', type=float, default=14, help='length of the event time window')
   parser.add_argument('--compress-level', type=int, default=6, choices=range(0, 10),
                       metavar='0-9', help='gzip level (changes the bytes, not the content)')
+  sample = parser.add_argument_group(
+      'campaign', 'An email campaign with a holdout, on top of --events (docs/ENGAGEMENT.md, '
+      '"Sample campaigns")')
+  sample.add_argument('--no-campaign', dest='campaign', action='store_false',
+                      help='write no campaign events')
+  sample.add_argument('--campaign-id', default=DEFAULT_CAMPAIGN_ID,
+                      help='properties.campaign_id of its events (default %(default)s)')
+  sample.add_argument('--campaign-customers', type=int, default=None, metavar='N',
+                      help='audience: the first N customers (default: all)')
+  sample.add_argument('--campaign-holdout-percent', type=float, default=10,
+                      help='percent held out (transforms.rules.holdout; default %(default)s)')
+  sample.add_argument('--campaign-holdout-salt', default=holdout.DEFAULT_SALT,
+                      help='holdout salt (default %(default)s)')
+  sample.add_argument('--campaign-base-rate', type=float, default=0.05,
+                      help='chance that a customer orders in the attribution window because of '
+                           'the campaign send, without the email (default %(default)s)')
+  sample.add_argument('--campaign-lift', type=float, default=0.3,
+                      help='true relative lift: treatment orders at base rate x (1 + lift) '
+                           '(default %(default)s)')
+  sample.add_argument('--campaign-attribution-days', type=int, default=7,
+                      help='orders fall within this many days of delivery (default %(default)s)')
   return parser
+
+
+def _campaign(args: argparse.Namespace) -> Campaign | None:
+  if not args.campaign:
+    return None
+  percent = float(args.campaign_holdout_percent)  # 10, not 10.0, in the manifest
+  return Campaign(
+      campaign_id=args.campaign_id, holdout_percent=int(percent) if percent.is_integer()
+      else percent, holdout_salt=args.campaign_holdout_salt, base_rate=args.campaign_base_rate,
+      lift=args.campaign_lift, attribution_days=args.campaign_attribution_days,
+      customers=args.campaign_customers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
+    campaign = _campaign(args)
     manifest = generate(
         args.out, customers=args.customers, products=args.products, events=args.events,
         seed=args.seed, files=args.files, duplicate_share=args.duplicate_share,
         malformed_share=args.malformed_share, invalid_share=args.invalid_share,
         late_share=args.late_share, start=args.start, days=args.days,
-        compress_level=args.compress_level)
+        compress_level=args.compress_level, campaign=campaign)
   except ValueError as err:
     print(f'error: {err}', file=sys.stderr)
     return 2
@@ -1250,6 +1591,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{manifest['invalid']} invalid, {manifest['late']} late) in {len(manifest['files'])} "
         f"files, {manifest['customers']} customers, {manifest['products']} products "
         f"to {args.out}")
+  if 'campaign' in manifest:
+    sent = manifest['campaign']
+    print(f"  of which campaign {sent['campaign_id']!r}: {sent['events']} events, "
+          f"{sent['groups']['treatment']['customers']} treatment and "
+          f"{sent['groups']['control']['customers']} control customers, sent "
+          f"{sent['send_at']}, true lift {sent['lift']:+.0%} on a base rate of "
+          f"{sent['base_rate']:.1%}")
   return 0
 
 

@@ -261,12 +261,23 @@ def test_pipeline_parser_agrees_with_the_manifest(small):
 
 
 def test_cli(tmp_path, capsys):
-  assert gd.main(['--out', str(tmp_path), '--customers', '10', '--products', '5', '--events',
-                  '100', '--files', '2', '--seed', '1']) == 0
-  manifest = json.loads((tmp_path / 'manifest.json').read_text(encoding='utf-8'))
+  small = ['--customers', '10', '--products', '5', '--events', '100', '--files', '2', '--seed', '1']
+  assert gd.main(['--out', str(tmp_path / 'plain'), '--no-campaign', *small]) == 0
+  manifest = json.loads((tmp_path / 'plain' / 'manifest.json').read_text(encoding='utf-8'))
   assert manifest['files'] == ['events-00000-of-00002.ndjson.gz',
                                'events-00001-of-00002.ndjson.gz']
   assert manifest['lines_total'] == 100 and 'wrote 100 lines' in capsys.readouterr().out
   assert manifest == gd.generate(tmp_path / 'api', customers=10, products=5, events=100,
                                  files=2, seed=1)
+  # By default the CLI also sends the sample campaign, on top of --events.
+  assert gd.main(['--out', str(tmp_path / 'sample'), *small]) == 0
+  printed = capsys.readouterr().out
+  sample = json.loads((tmp_path / 'sample' / 'manifest.json').read_text(encoding='utf-8'))
+  assert sample == gd.generate(tmp_path / 'api-sample', customers=10, products=5, events=100,
+                               files=2, seed=1, campaign=gd.Campaign())
+  assert sample['lines_total'] == 100 + sample['campaign']['events'] > 100
+  assert "campaign 'sample-campaign'" in printed
   assert gd.main(['--out', str(tmp_path), '--events', '10', '--invalid-share', '2']) == 2
+  assert gd.main(['--out', str(tmp_path), '--events', '10',
+                  '--campaign-holdout-percent', '60']) == 2
+  assert '--campaign-holdout-percent must be a number from 0 to 50' in capsys.readouterr().err
