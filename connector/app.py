@@ -15,10 +15,11 @@ MAX_HEADER_BYTES of them 431, a batchGet body over MAX_BODY_BYTES 413 (read no f
 declared as anything but JSON 415. There is no OpenAPI document and no trailing-slash redirect
 (Starlette builds its Location from the Host header).
 
-Every answer says whether the customer is in the global holdout (`holdout`, computed here with
-the pipeline's own rule, so it is known without a document). With `campaign_id` and `email_id`
-the answer carries signed tracking URLs (when tracking keys are set) and a held-out customer's
-exposure is recorded before it is sent (connector/engagement.py, connector/exposures.py).
+`holdout` (whether the customer is in the global holdout) is computed here with the pipeline's
+own rule, so it is known without a document; it is served as a document field, and for a send
+named by `campaign_id` and `email_id` in every answer, 404 included. A send also gets signed
+tracking URLs (when tracking keys are set), and a held-out customer's exposure is recorded
+before the answer goes out (connector/engagement.py, connector/exposures.py).
 """
 from __future__ import annotations
 
@@ -128,7 +129,8 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
   def respond(customer_id: str, document: dict, holdout: bool, wanted, limit,
               send: engagement.Send | None, now: int) -> dict:
     body = shaping.shape(document, wanted, limit)
-    body['holdout'] = holdout
+    if send is not None or 'holdout' in body:  # a served field, and always said for a send
+      body['holdout'] = holdout
     if send is not None:
       if tracking is None:
         body['tracking'] = None
@@ -182,7 +184,8 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
     if holdout and not await record_exposures([customer_id], send):
       return unavailable()
     if document is None:
-      return _json(404, {'error': 'not_found', 'holdout': holdout},
+      # For a send the 404 says the holdout too: the ESP sends its fallback to treatment only.
+      return _json(404, {'error': 'not_found', **({} if send is None else {'holdout': holdout})},
                    {'Cache-Control': cache_control})
     body = shaping.render(respond(customer_id, document, holdout, wanted, limit_recommendations,
                                   send, int(clock())))
@@ -226,11 +229,12 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
     if not await record_exposures([i for i, held in holdout.items() if held], send):
       return unavailable()
     now = int(clock())
-    return _json(200, {
-        'customers': {i: respond(i, d, holdout[i], wanted, None, send, now)
-                      for i, d in found.items() if d is not None},
-        'not_found': [i for i, d in found.items() if d is None],
-        'holdout': holdout})
+    answer = {'customers': {i: respond(i, d, holdout[i], wanted, None, send, now)
+                            for i, d in found.items() if d is not None},
+              'not_found': [i for i, d in found.items() if d is None]}
+    if send is not None:  # every id's verdict, found or not (as a send's 404 says it)
+      answer['holdout'] = holdout
+    return _json(200, answer)
 
   @app.get('/healthz')
   async def healthz():

@@ -176,6 +176,10 @@ def test_without_a_send_there_are_no_tracking_urls_but_holdout_is_said(stack):
   body = personalization(stack['client'], HELD).json()
   assert body['holdout'] is True and 'tracking' not in body
   assert all('click_url' not in item for item in body['recommendations'])
+  # Without a send holdout is a served field like any other; for a send it is always said.
+  assert list(personalization(stack['client'], HELD, fields='segment').json()) == [
+      'customer_id', 'segment']
+  assert personalization(stack['client'], 'nobody').json() == {'error': 'not_found'}
   projected = personalization(stack['client'], TREATED, fields='segment', campaign_id='c',
                               email_id='e').json()
   assert list(projected) == ['customer_id', 'segment', 'holdout', 'tracking']
@@ -257,8 +261,9 @@ def test_batch_get_gives_holdout_tracking_and_exposures_per_customer(stack, subs
     assert (link.customer_id, link.campaign_id, link.email_id) == (customer_id, 'winter', 'e-3')
     assert shaped['tracking']['open_pixel'].startswith(BASE_URL + '/v1/o/')
   assert sorted(e['userId'] for e, _ in subscription()) == sorted([HELD, unknown])
-  plain = stack['client'].post('/v1/personalization:batchGet', json={'customer_ids': [HELD]})
-  assert 'tracking' not in plain.json()['customers'][HELD]
+  plain = stack['client'].post('/v1/personalization:batchGet',
+                               json={'customer_ids': [HELD, unknown]}).json()
+  assert 'tracking' not in plain['customers'][HELD] and 'holdout' not in plain
   assert subscription() == []  # no send named, no exposure
 
 
@@ -315,14 +320,28 @@ def test_pubsub_paused_is_503_and_the_exposure_is_recorded_once_it_answers(
   assert ids == {'held-out-' + hashlib.sha256(f'paused-2:{HELD}'.encode()).hexdigest()[:40]}
 
 
-def test_the_holdout_share_and_every_verdict_match_the_pure_rule(stack):
+def test_the_holdout_share_every_verdict_and_every_exposure_match_the_pure_rule(stack):
+  """10,000 ids (no documents) in batches of 100 for one send: the verdicts are the pure rule's,
+  about 10% held out, and exactly the held-out ids are exposed, once each."""
+  publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+  topic = publisher.topic_path(PROJECT, f'share{uuid.uuid4().hex[:8]}')
+  publisher.create_topic(name=topic)
+  path = subscriber.subscription_path(PROJECT, topic.rsplit('/', 1)[1])
+  subscriber.create_subscription(name=path, topic=topic)
+  settings = settings_for(stack['name'], holdout=HOLDOUT, events_topic=topic,
+                          exposures_collection=f'{stack["name"]}_share')
   ids = [f'c{n:05d}' for n in range(10_000)]
   verdicts = {}
-  for start in range(0, len(ids), 100):
-    reply = stack['client'].post('/v1/personalization:batchGet',
-                                 json={'customer_ids': ids[start:start + 100]})
-    assert reply.status_code == 200
-    verdicts.update(reply.json()['holdout'])
+  with serve(settings) as client:
+    for start in range(0, len(ids), 100):
+      reply = client.post('/v1/personalization:batchGet', params={
+          'campaign_id': 'share', 'email_id': 'e'}, json={'customer_ids': ids[start:start + 100]})
+      assert reply.status_code == 200
+      verdicts.update(reply.json()['holdout'])
   assert verdicts == {i: HOLDOUT.held_out(i) for i in ids}
   share = sum(verdicts.values()) / len(ids) * 100
   assert 9.5 <= share <= 10.5
+  exposed = [event['userId'] for event, _ in drain(subscriber, path)]
+  assert sorted(exposed) == sorted(i for i in ids if verdicts[i])
+  subscriber.delete_subscription(subscription=path)
+  publisher.delete_topic(topic=topic)
