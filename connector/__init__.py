@@ -1,4 +1,5 @@
 """The ESP connector: the send-time personalization API over the Firestore serving layer
 (`python -m connector`, connector/app.py) and the trigger webhook worker
-(`python -m connector.triggers`). Its own deployable: it shares only the document contract
-(`schemas/`) with the pipeline, never its Beam code."""
+(`python -m connector.triggers`). Its own deployable: it shares the document contract
+(`schemas/`) and the pure engagement rules (`transforms/rules/tracking.py`, `holdout.py`) with the
+pipeline, never its Beam code."""
