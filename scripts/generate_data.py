@@ -1123,7 +1123,9 @@ def _engagement(rng: random.Random, delivered: int, base: dict, customer_id: str
                        base, customer_id, machine.SCANNER, _SCANNER_AGENT, _public_ip(rng),
                        link()))
   if rng.random() < READ_SHARE:
-    read = delivered + _MINUTE + _truncated_exponential(rng, READ_MEAN_MS, 72 * _HOUR)
+    # From 5 minutes on: a click is then never within the collector's fast-click window of the
+    # email's first open, whichever hit that was.
+    read = delivered + 5 * _MINUTE + _truncated_exponential(rng, READ_MEAN_MS, 72 * _HOUR)
     agent, ip = rng.choice(_USER_AGENTS), _public_ip(rng)
     if proxied:
       drafts.append(_hit(rng, read, 'Email Opened', base, customer_id, machine.IMAGE_PROXY,
