@@ -81,9 +81,11 @@ class Tracking:
 
 
 def exposure_key(campaign_id: str, customer_id: str) -> str:
-  """The id of a customer's exposure to a campaign: sha256 hex of `campaign:customer` (the
-  marker document's id; its first 40 characters make the event's messageId)."""
-  return hashlib.sha256(f'{campaign_id}:{customer_id}'.encode()).hexdigest()
+  """The id of a customer's exposure to a campaign: sha256 hex of the JSON array
+  `["<campaign_id>","<customer_id>"]` (the marker document's id; its first 40 characters make
+  the event's messageId). JSON, not `campaign:customer`: ids may hold a colon, and campaign `a:b`
+  with customer `c` must not be campaign `a` with customer `b:c`."""
+  return hashlib.sha256(orjson.dumps([campaign_id, customer_id])).hexdigest()
 
 
 def exposure_event(customer_id: str, send: Send, now: float) -> dict:

@@ -1,7 +1,7 @@
 """Recording held-out customers' exposures: one `Email Held Out` event per customer and
 campaign on the raw events topic, behind a marker document in Firestore.
 
-    marker <exposures>/<sha256(campaign:customer)> known (cache) or present -> nothing to do
+    marker <exposures>/<sha256(["campaign","customer"])> known (cache) or present -> nothing to do
     else publish the event, wait for Pub/Sub's confirmation, then create() the marker
 
 The marker makes it once; the event's deterministic messageId (connector/engagement.py) covers

@@ -145,7 +145,7 @@ def test_decorate_adds_a_click_url_to_every_item_and_the_pixel_without_changing_
 
 def test_exposure_event_is_a_valid_segment_track_with_a_deterministic_message_id():
   event = engagement.exposure_event('c1', SEND, NOW + 0.25)
-  digest = hashlib.sha256(b'spring-sale:c1').hexdigest()
+  digest = hashlib.sha256(b'["spring-sale","c1"]').hexdigest()
   assert event == {'type': 'track', 'event': 'Email Held Out', 'userId': 'c1',
                    'messageId': 'held-out-' + digest[:40],
                    'timestamp': '2026-09-21T14:13:20.250000Z',
