@@ -373,6 +373,18 @@ def _nice_step(span: float) -> float:
   return 10 * magnitude  # pragma: no cover
 
 
+def _ticks(low: float, high: float, step: float) -> list[float]:
+  """Multiples of `step` from below `low` to above `high` (exact zero included)."""
+  first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
+  return [round(i * step, 12) for i in range(first, max(last, first + 1) + 1)]
+
+
+def _tick_digits(step: float) -> int:
+  """Decimals of a percent label for ticks `step` apart (2.5% needs one)."""
+  percent = step * 100
+  return 0 if abs(percent - round(percent)) < 1e-9 else 1
+
+
 def _wilson(conversions: int, customers: int) -> tuple[float, float] | None:
   if not customers:
     return None
@@ -393,22 +405,21 @@ def _rates_svg(result: dict, aggregates: Aggregates) -> str:
     top_rate = max(top_rate, value or 0, ci[1] if ci else 0)
   top_rate = top_rate or 0.01
   step = _nice_step(top_rate)
-  axis_max = math.ceil(top_rate / step) * step
+  ticks = _ticks(0.0, top_rate, step)
+  axis_max = ticks[-1]
   plot = width - left - right
-  height = top + 2 * bar + gap + 44
+  height = top + 2 * bar + gap + 34
 
   def x(value: float) -> float:
     return left + plot * value / axis_max
 
   parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="Conversion rate by group" '
            f'class="chart">']
-  tick = 0.0
-  while tick <= axis_max + step / 1000:
+  for tick in ticks:
     parts.append(f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{top - 6}" '
                  f'y2="{top + 2 * bar + gap + 6}" class="grid"/>')
     parts.append(f'<text x="{x(tick):.1f}" y="{top + 2 * bar + gap + 24}" class="tick" '
-                 f'text-anchor="middle">{_pct(tick, digits=0 if step >= 0.01 else 1)}</text>')
-    tick += step
+                 f'text-anchor="middle">{_pct(tick, digits=_tick_digits(step))}</text>')
   for index, (name, value, ci, group) in enumerate(rows):
     y = top + index * (bar + gap)
     parts.append(f'<text x="{left - 12}" y="{y + bar / 2 + 5}" class="label" text-anchor="end">'
@@ -440,7 +451,7 @@ def _rates_svg(result: dict, aggregates: Aggregates) -> str:
 def _lift_svg(result: dict) -> str:
   """The relative lift as a point with its 95% interval on an axis through zero."""
   lift_ = result['lift']
-  width, left, right, top, height = 640, 30, 30, 30, 110
+  width, left, right, top, height = 640, 60, 60, 36, 116
   relative, ci95 = lift_['relative'], lift_['ci95']
   if relative is None:
     return (f'<svg viewBox="0 0 {width} 60" role="img" aria-label="No lift" class="chart">'
@@ -449,9 +460,9 @@ def _lift_svg(result: dict) -> str:
   low, high = (ci95 if ci95 else (relative, relative))
   lo, hi = min(low, 0.0, relative), max(high, 0.0, relative)
   pad = max((hi - lo) * 0.08, 0.02)
-  lo, hi = lo - pad, hi + pad
-  step = _nice_step(hi - lo)
-  lo, hi = math.floor(lo / step) * step, math.ceil(hi / step) * step
+  step = _nice_step(hi - lo + 2 * pad)
+  ticks = _ticks(lo - pad, hi + pad, step)
+  lo, hi = ticks[0], ticks[-1]
   plot = width - left - right
 
   def x(value: float) -> float:
@@ -468,13 +479,11 @@ def _lift_svg(result: dict) -> str:
   mid = top + 26
   parts = [f'<svg viewBox="0 0 {width} {height}" role="img" aria-label="Relative lift with its '
            f'95% interval" class="chart">']
-  tick = lo
-  while tick <= hi + step / 1000:
+  for tick in ticks:
     parts.append(f'<line x1="{x(tick):.1f}" x2="{x(tick):.1f}" y1="{top}" y2="{mid + 26}" '
                  f'class="grid"/>')
     parts.append(f'<text x="{x(tick):.1f}" y="{mid + 46}" class="tick" text-anchor="middle">'
-                 f'{_pct(tick, signed=abs(tick) > 1e-12, digits=0)}</text>')
-    tick += step
+                 f'{_pct(tick, signed=tick != 0, digits=_tick_digits(step))}</text>')
   parts.append(f'<line x1="{x(0):.1f}" x2="{x(0):.1f}" y1="{top - 8}" y2="{mid + 30}" '
                f'class="zero"/>')
   parts.append(f'<text x="{x(0):.1f}" y="{top - 14}" class="muted" text-anchor="middle">'
@@ -483,8 +492,14 @@ def _lift_svg(result: dict) -> str:
     parts.append(f'<rect x="{x(low):.1f}" y="{mid - 9}" width="{max(x(high) - x(low), 2):.1f}" '
                  f'height="18" rx="9" class="band {tone}"><title>95% interval '
                  f'{_interval(ci95)}</title></rect>')
+    parts.append(f'<text x="{x(low) - 6:.1f}" y="{mid + 4}" class="muted" text-anchor="end">'
+                 f'{_pct(low, True)}</text>')
+    parts.append(f'<text x="{x(high) + 6:.1f}" y="{mid + 4}" class="muted">{_pct(high, True)}'
+                 f'</text>')
   parts.append(f'<circle cx="{x(relative):.1f}" cy="{mid}" r="8" class="point {tone}">'
                f'<title>relative lift {_pct(relative, True)}</title></circle>')
+  parts.append(f'<text x="{x(relative):.1f}" y="{mid - 15}" class="value" text-anchor="middle">'
+               f'{_pct(relative, True)}</text>')
   parts.append('</svg>')
   return ''.join(parts)
 
