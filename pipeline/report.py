@@ -351,7 +351,7 @@ def table(result: dict, warnings: Sequence[str]) -> str:
   incremental = lift_['incremental_conversions']
   lines += ['',
             f'  relative lift            {_pct(lift_["relative"], True)}',
-            f'  95% interval             {_interval(lift_["ci95"])}  ({INTERVAL_METHOD}, minus 1)',
+            f'  95% interval             {_interval(lift_["ci95"])}  (Katz log interval)',
             f'  incremental conversions  '
             f'{"n/a" if incremental is None else f"{incremental:+,.1f}"}',
             f'  incremental revenue      {_amount(lift_["incremental_revenue"], True)}',
