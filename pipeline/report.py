@@ -212,7 +212,8 @@ def lift(treatment: GroupCounts, control: GroupCounts,
     return Lift(None, None, None, None,
                 f'the {" and ".join(empty)} group{"s are" if len(empty) == 2 else " is"} empty: '
                 f'there is nothing to compare')
-  t_rate, c_rate = treatment.conversions / treatment.customers, control.conversions / control.customers
+  t_rate = treatment.conversions / treatment.customers
+  c_rate = control.conversions / control.customers
   incremental_conversions = treatment.customers * (t_rate - c_rate)
   incremental_revenue = (treatment.revenue - treatment.customers * control.revenue
                          / control.customers).quantize(_CENT, decimal.ROUND_HALF_EVEN)
@@ -517,7 +518,8 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 0 0 12px;
   margin-bottom: 16px; }
 .headline { display: flex; gap: 24px; align-items: center; }
 .big { font-size: 44px; font-weight: 700; line-height: 1; }
-.big.up { color: var(--up); } .big.down { color: var(--down); } .big.unsure { color: var(--unsure); }
+.big.up { color: var(--up); } .big.down { color: var(--down); }
+.big.unsure { color: var(--unsure); }
 .kpis { display: grid; grid-template-columns: repeat(4, 1fr); gap: 12px; }
 .kpi { background: #fff; border: 1px solid var(--line); border-radius: 10px; padding: 14px 16px; }
 .kpi b { display: block; font-size: 20px; } .kpi span { color: var(--muted); font-size: 13px; }
@@ -598,11 +600,12 @@ def html(result: dict, aggregates: Aggregates, warnings: Sequence[str], source: 
 <th>revenue</th><th>human opens</th><th>clicks</th></tr></thead>
 <tbody>{''.join(rows)}</tbody></table>
 </section>
-<p class="foot">Relative lift = (treatment rate &minus; control rate) / control rate; its interval is
-the {_esc(INTERVAL_METHOD)}, minus 1. Incremental conversions = treatment customers &times; the
+<p class="foot">Relative lift = (treatment rate &minus; control rate) / control rate; its interval
+is the {_esc(INTERVAL_METHOD)}, minus 1. Incremental conversions = treatment customers &times; the
 difference in rates; incremental revenue = treatment customers &times; the difference in revenue per
 exposed customer. Opens and clicks count customers with a human hit (machine hits such as Apple Mail
-Privacy Protection left out). Source: {_esc(source)}, generated {generated_at:%Y-%m-%d %H:%M} UTC.</p>
+Privacy Protection left out). Source: {_esc(source)}, generated
+{generated_at:%Y-%m-%d %H:%M} UTC.</p>
 </main></body></html>
 """
 

@@ -959,7 +959,7 @@ def malformed_line(rng: random.Random, kind: str, sample: bytes | None) -> bytes
 DEFAULT_CAMPAIGN_ID = 'sample-campaign'
 # What the treatment customers' mail clients and readers do (docs/ENGAGEMENT.md, "Sample
 # campaigns"). Shares of treatment customers unless said otherwise.
-APPLE_PRIVACY_SHARE = 0.40  # Apple Mail Privacy Protection: Apple's proxy loads the pixel at delivery
+APPLE_PRIVACY_SHARE = 0.40  # Apple Mail Privacy Protection: its proxy loads the pixel at delivery
 IMAGE_PROXY_SHARE = 0.05    # of the others: a caching image proxy fetches it when they read
 READ_SHARE = 0.25           # read the email (an MPP reader's own open is never seen: it is cached)
 REOPEN_SHARE = 0.25         # of the readers whose opens are seen: open it once more
@@ -1367,8 +1367,8 @@ def generate(out_dir: pathlib.Path, customers: int = 2000, products: int = 500,
       pending.result()
 
   manifest = _manifest(plan, tally, names, lines_per_file,
-                       0 if campaign_tally is None else campaign_tally.events, seed=seed, customers=customers,
-                       products=products, events=events, files=files,
+                       0 if campaign_tally is None else campaign_tally.events, seed=seed,
+                       customers=customers, products=products, events=events, files=files,
                        duplicate_share=duplicate_share, malformed_share=malformed_share,
                        invalid_share=invalid_share, late_share=late_share,
                        start=iso_millis(to_millis(start_dt)), days=days,

@@ -111,10 +111,10 @@ def warehouse(local_stack):
   dataset = f'lift{uuid.uuid4().hex[:10]}'
   bigquery_sink.ensure_tables(PROJECT, dataset, records=('events',))
   generated = {
-      'with-lift': list(gd.campaign_events(random.Random(20261), [f'l{i:05d}' for i in range(20000)],
-                                           SEND, WITH_LIFT)),
-      'no-lift': list(gd.campaign_events(random.Random(20262), [f'n{i:05d}' for i in range(10000)],
-                                         SEND, NO_LIFT)),
+      'with-lift': list(gd.campaign_events(
+          random.Random(20261), [f'l{i:05d}' for i in range(20000)], SEND, WITH_LIFT)),
+      'no-lift': list(gd.campaign_events(
+          random.Random(20262), [f'n{i:05d}' for i in range(10000)], SEND, NO_LIFT)),
   }
   payloads = [*generated['with-lift'], *generated['no-lift'], *_rules_campaign(),
               *_zero_control_campaign()]
