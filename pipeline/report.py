@@ -118,13 +118,14 @@ converted AS (
   SELECT customer_id, SUM(amount) AS revenue FROM attributed GROUP BY customer_id
 ),
 engaged AS (
-  -- Human engagement: opens and clicks of the campaign whose properties.machine is not true.
+  -- Human engagement: opens and clicks of the campaign whose properties.machine is not true
+  -- (nor the text "true" in any case, as the profile fold reads it: transforms/rules/profile).
   SELECT customer_id,
          LOGICAL_OR(event = 'Email Opened') AS opened,
          LOGICAL_OR(event = 'Email Link Clicked') AS clicked
   FROM resolved
   WHERE event IN ('Email Opened', 'Email Link Clicked') AND campaign_id = @campaign
-    AND IFNULL(machine, '') != 'true' AND customer_id IS NOT NULL
+    AND LOWER(TRIM(IFNULL(machine, ''))) != 'true' AND customer_id IS NOT NULL
   GROUP BY customer_id
 )
 SELECT x.group_name,

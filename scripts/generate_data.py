@@ -1342,7 +1342,9 @@ def generate(out_dir: pathlib.Path, customers: int = 2000, products: int = 500,
   lines = _lines(rng, world, plan, tally)
   campaign_tally = None
   if campaign is not None:
-    audience = people if campaign.customers is None else people[:campaign.customers]
+    # An ESP emails only customers who opted in (the CRM's email_opt_in).
+    subscribed = [c for c in people if c.email_opt_in]
+    audience = subscribed if campaign.customers is None else subscribed[:campaign.customers]
     send_at = to_millis(campaign.send_at(start_dt, days))
     campaign_tally = _CampaignTally(campaign, send_at)
     lines = itertools.chain(lines, _campaign_lines(

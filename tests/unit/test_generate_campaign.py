@@ -4,6 +4,7 @@ system send, the injected lift shows up in the counts, and the manifest stays ex
 from __future__ import annotations
 
 import collections
+import csv
 import datetime as dt
 import gzip
 import json
@@ -194,7 +195,10 @@ def test_generate_with_a_campaign_keeps_the_manifest_exact(tmp_path):
   group = {e['userId']: e['event'] for e in mine if e['event'] in EXPOSURES}
   split = campaign.split
   assert all((name == 'Email Held Out') == split.held_out(c) for c, name in group.items())
-  assert len(group) == small['customers']
+  # The ESP emails only customers who opted in.
+  with (tmp_path / 'campaign' / 'customers.csv').open() as f:
+    opted_in = {row['customer_id'] for row in csv.DictReader(f) if row['email_opt_in'] == 'true'}
+  assert set(group) == opted_in and 0 < len(opted_in) < small['customers']
   for name, exposure in (('treatment', 'Email Delivered'), ('control', 'Email Held Out')):
     members = {c for c, e in group.items() if e == exposure}
     orders = [e for e in mine if e['event'] == 'Order Completed' and e['userId'] in members]
