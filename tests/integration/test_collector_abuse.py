@@ -105,14 +105,18 @@ class Served:
 def served(local_stack, tmp_path_factory):
   """`python -m collector` on a free port, publishing to a topic of its own with a subscription,
   the body timeout short (1 s) and one allowed origin. It must exit 0 on SIGTERM at the end."""
+  yield from serving(tmp_path_factory, {KEY: 'web', SERVER_KEY: 'server'}, {
+      'COLLECTOR_BODY_TIMEOUT_SECONDS': str(BODY_TIMEOUT), 'COLLECTOR_ALLOWED_ORIGINS': ORIGIN})
+
+
+def serving(tmp_path_factory, keys: dict, settings: dict):
+  """The body of a `served` fixture: the collector with `keys` and `settings` (environment
+  variables) on a topic and subscription of its own, yielded as a Served; stopped after."""
   name = f'abuse{uuid.uuid4().hex[:10]}'
   topic, subscription = publish.ensure_topic_and_subscription(PROJECT, name, f'{name}-sub')
   log = tmp_path_factory.mktemp('collector') / 'collector.log'
   port = free_port()
-  process = collect.start_collector(
-      log, PROJECT, name, {KEY: 'web', SERVER_KEY: 'server'}, port,
-      {**os.environ,
-       'COLLECTOR_BODY_TIMEOUT_SECONDS': str(BODY_TIMEOUT), 'COLLECTOR_ALLOWED_ORIGINS': ORIGIN})
+  process = collect.start_collector(log, PROJECT, name, keys, port, {**os.environ, **settings})
   base = f'http://127.0.0.1:{port}'
   try:
     assert wait_ready(base, process), '\n'.join(localstack.tail_lines(log, 30))

@@ -6,7 +6,6 @@ landing URL, never to the URL the token names. What was published is read back t
 subscription, up to a sentinel event (tests/integration/test_collector_abuse.py, `Served`).
 """
 import base64
-import os
 import time
 import uuid
 
@@ -15,10 +14,8 @@ import orjson
 import pytest
 
 from collector.app import PIXEL_GIF
-from scripts import collect, localstack, publish
-from scripts.demo_connector import free_port, wait_ready
 from tests.integration.helpers import paused
-from tests.integration.test_collector_abuse import KEY, PROJECT, Served, Subscription
+from tests.integration.test_collector_abuse import KEY, serving
 from transforms.rules.tracking import Link, TokenKeys
 
 KEYS = f'k1:{uuid.uuid4().hex}{uuid.uuid4().hex}'
@@ -31,26 +28,9 @@ BROWSER = {'User-Agent': CHROME}
 
 @pytest.fixture(scope='module')
 def served(local_stack, tmp_path_factory):
-  name = f'trk{uuid.uuid4().hex[:10]}'
-  topic, subscription = publish.ensure_topic_and_subscription(PROJECT, name, f'{name}-sub')
-  log = tmp_path_factory.mktemp('collector') / 'collector.log'
-  port = free_port()
-  process = collect.start_collector(
-      log, PROJECT, name, {KEY: 'web'}, port,
-      {**os.environ, 'COLLECTOR_TRACKING_KEYS': f'{KEYS},{OLD_KEYS}',
-       'COLLECTOR_TRACKING_LANDING_URL': LANDING, 'COLLECTOR_FAST_CLICK_SECONDS': '10',
-       'COLLECTOR_PUBLISH_TIMEOUT_SECONDS': '2'})
-  base = f'http://127.0.0.1:{port}'
-  try:
-    assert wait_ready(base, process), '\n'.join(localstack.tail_lines(log, 30))
-    served = Served(base, port, log, process, Subscription(subscription))
-    served.published()
-    yield served
-    served.client.close()
-    served.subscription.client.close()
-  finally:
-    code = collect.stop_collector(process)
-  assert code == 0, '\n'.join(localstack.tail_lines(log, 30))
+  yield from serving(tmp_path_factory, {KEY: 'web'}, {
+      'COLLECTOR_TRACKING_KEYS': f'{KEYS},{OLD_KEYS}', 'COLLECTOR_TRACKING_LANDING_URL': LANDING,
+      'COLLECTOR_FAST_CLICK_SECONDS': '10', 'COLLECTOR_PUBLISH_TIMEOUT_SECONDS': '2'})
 
 
 def token(url=None, keys=KEYS, customer='cust-1', age=3600, ttl=86400, email=None):
