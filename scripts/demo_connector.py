@@ -3,9 +3,11 @@
     python -m scripts.demo_connector start --state-dir .localstack/demo [--customer ID]
     python -m scripts.demo_connector stop  --state-dir .localstack/demo
 
-`start` makes a random API key for this demo (kept in the state dir, never in the repo), starts
-`python -m connector` in the background on a free port, waits for /readyz, then prints a curl
-command for one customer and the response it gets. `stop` ends exactly that process.
+`start` makes a random API key and tracking key for this demo (kept in the state dir, never in
+the repo), starts `python -m connector` in the background on a free port with the demo's 10%
+holdout and tracking URLs for a collector on 127.0.0.1:8088 (`make collect`), waits for /readyz,
+then prints a curl command for one customer, named in a send of the sample campaign, and the
+response it gets (docs/ENGAGEMENT.md). `stop` ends exactly that process.
 """
 from __future__ import annotations
 
@@ -23,6 +25,15 @@ import time
 
 import httpx
 from google.cloud import firestore
+
+from scripts import publish
+
+# What `make demo` runs with: the generator's sample campaign and its holdout
+# (scripts/generate_data.py), the collector's default local address (docs/COLLECTOR.md).
+DEMO_CAMPAIGN = 'sample-campaign'
+DEMO_HOLDOUT_PERCENT = '10'
+DEMO_TRACKING_BASE_URL = 'http://127.0.0.1:8088'
+EVENTS_TOPIC = 'events'
 
 
 def free_port() -> int:
@@ -50,6 +61,9 @@ def start(state_dir: pathlib.Path, project: str, collection: str, customer: str 
   key = secrets.token_urlsafe(24)
   (state_dir / 'connector.key').write_text(key + '\n')
   os.chmod(state_dir / 'connector.key', 0o600)
+  (state_dir / 'tracking.keys').write_text(f'demo:{secrets.token_hex(32)}\n')
+  os.chmod(state_dir / 'tracking.keys', 0o600)
+  topic, _ = publish.ensure_topic_and_subscription(project, EVENTS_TOPIC)
   port = free_port()
   with open(state_dir / 'connector.log', 'ab') as log:  # the child keeps its own descriptor
     process = subprocess.Popen(
@@ -57,7 +71,10 @@ def start(state_dir: pathlib.Path, project: str, collection: str, customer: str 
         stdin=subprocess.DEVNULL, start_new_session=True,
         env={**os.environ, 'CONNECTOR_PROJECT': project, 'CONNECTOR_COLLECTION': collection,
              'CONNECTOR_API_KEYS_FILE': str(state_dir / 'connector.key'),
-             'CONNECTOR_PORT': str(port)})
+             'CONNECTOR_PORT': str(port),
+             'CONNECTOR_TRACKING_KEYS_FILE': str(state_dir / 'tracking.keys'),
+             'CONNECTOR_TRACKING_BASE_URL': DEMO_TRACKING_BASE_URL,
+             'CONNECTOR_HOLDOUT_PERCENT': DEMO_HOLDOUT_PERCENT, 'CONNECTOR_EVENTS_TOPIC': topic})
   (state_dir / 'connector.json').write_text(json.dumps({'pid': process.pid, 'port': port}))
   base = f'http://127.0.0.1:{port}'
   if not wait_ready(base, process):
@@ -67,7 +84,8 @@ def start(state_dir: pathlib.Path, project: str, collection: str, customer: str 
     docs = list(firestore.Client(project=project).collection(collection)
                 .order_by('last_event_at', direction='DESCENDING').limit(1).stream())
     customer = docs[0].id if docs else 'unknown'
-  url = f'{base}/v1/customers/{customer}/personalization?fields=first_name,cart,recommendations'
+  url = (f'{base}/v1/customers/{customer}/personalization?fields=first_name,recommendations'
+         f'&campaign_id={DEMO_CAMPAIGN}&email_id=demo-email-1')
   command = (f'curl -s -H "Authorization: Bearer $(cat {shlex.quote(str(state_dir))}'
              f'/connector.key)" {shlex.quote(url)}')
   reply = httpx.get(url, headers={'Authorization': f'Bearer {key}'}, timeout=10)
