@@ -25,7 +25,8 @@ from tests.unit.test_fold_order import segment_call
 from tests.unit.test_streaming import distinct_equal_to, streaming_pipeline
 from transforms.batch_profiles import BatchProfiles
 from transforms.live_profiles import LiveProfiles, StitchLive
-from transforms.rules import reference
+from transforms.rules import profile, reference
+from transforms.rules.holdout import Holdout
 from transforms.settings import LiveSettings, ReferenceFiles
 from transforms.sources import ReadReference
 
@@ -54,6 +55,9 @@ def histories() -> tuple[list, list, list]:
       call(5, 'identify', 'c1', first_name='Newest'),
       call(100, 'identify', 'c1', first_name='Oldest', unsubscribed=False),
       call(4, 'Email Opened', 'c1'), call(30, 'Email Link Clicked', 'c1'),
+      # Machine hits (Apple's proxy, a link scanner) newer than the human ones: never engagement.
+      call(1, 'Email Opened', 'c1', machine=True, machine_reason='apple_mail_privacy'),
+      call(0.5, 'Email Link Clicked', 'c1', machine=True, machine_reason='link_scanner'),
       # c2: browsing before sign-in, replayed when the identify arrives; a remove before its add.
       call(6, 'Product Viewed', anon='a2', product_id='p1'),
       call(5.5, 'Product Added', anon='a2', product_id='p4'),
@@ -97,16 +101,22 @@ def write_reference(tmp_path):
   return str(crm), str(catalog)
 
 
+# A holdout that splits the histories' customers (c1 and c7 held out), the same in both paths.
+SETTINGS = profile.Settings(holdout=Holdout(50, 'a'))
+
+
 def live_profiles(events_pcoll, crm: str, catalog: str):
   return events_pcoll | 'LiveProfiles' >> LiveProfiles(
-      live=LiveSettings(flush_seconds=0.5), reference=ReferenceFiles(crm, catalog))
+      settings=SETTINGS, live=LiveSettings(flush_seconds=0.5),
+      reference=ReferenceFiles(crm, catalog))
 
 
 def batch_profiles(p, events_pcoll, crm: str, catalog: str, as_of: int):
   customers = p | 'ReadCustomers' >> ReadReference('customers', crm, reference.parse_customer)
   products = p | 'ReadCatalog' >> ReadReference('catalog', catalog, reference.parse_product)
   return events_pcoll | 'BatchProfiles' >> BatchProfiles(
-      customers=customers.records, catalog=products.records, as_of_micros=as_of)
+      settings=SETTINGS, customers=customers.records, catalog=products.records,
+      as_of_micros=as_of)
 
 
 def comparable(pair):
@@ -155,6 +165,12 @@ def test_live_documents_equal_batch_documents_whatever_the_arrival_order(tmp_pat
   assert [item['product_id'] for item in c1['cart']['items']] == ['p1'] and c1['cart']['abandoned']
   assert orjson.loads(documents['c3'])['cart']['item_count'] == 1
   assert orjson.loads(documents['c4'])['cart']['item_count'] == 0
+  # The machine hits are newer, but the human ones are the engagement.
+  hours_ago = lambda hours: orjson.loads(orjson.dumps(NOW - dt.timedelta(hours=hours)))
+  assert c1['engagement'] == {'last_email_open_at': hours_ago(4),
+                              'last_email_click_at': hours_ago(30)}
+  assert {c: orjson.loads(d)['holdout'] for c, d in documents.items() if d} == {
+      'c1': True, 'c2': False, 'c3': False, 'c4': False, 'c7': True}
   c7 = orjson.loads(documents['c7'])
   assert [v['product_id'] for v in c7['recently_viewed']] == ['p3']
   assert c7['cart']['item_count'] == 1 and c7['first_name'] is None and c7['email_sha256'] is None
