@@ -22,6 +22,7 @@ import re
 from typing import Any, Iterable, Mapping
 
 from cel_expr_python import cel
+from google.protobuf import timestamp_pb2
 
 import schemas
 
@@ -154,7 +155,7 @@ def _unrename(text: str, inserted: list[int]) -> str:
 
 
 def plain(value: Any) -> Any:
-  """A record's value as CEL takes it: Decimal as a float, datetimes aware, containers copied
+  """A record's value as CEL takes it: Decimal as a float, datetimes as timestamps, containers copied
   with the same conversion; other JSON values as they are."""
   if isinstance(value, decimal.Decimal):
     return float(value)
@@ -162,9 +163,17 @@ def plain(value: Any) -> Any:
     return {str(k): plain(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [plain(v) for v in value]
-  if isinstance(value, dt.datetime) and value.tzinfo is None:
-    return value.replace(tzinfo=dt.timezone.utc)
+  if isinstance(value, dt.datetime):
+    return _timestamp(value)
   return value
+
+
+def _timestamp(value: dt.datetime) -> timestamp_pb2.Timestamp:
+  """A time as CEL takes it in a `dyn` variable: the runtime turns a protobuf Timestamp into a
+  CEL timestamp, but refuses a datetime unless the variable itself is declared a timestamp."""
+  stamp = timestamp_pb2.Timestamp()
+  stamp.FromDatetime(value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc))
+  return stamp
 
 
 def event_activation(event: Mapping[str, Any], name: str,
@@ -184,7 +193,13 @@ def event_activation(event: Mapping[str, Any], name: str,
       product['price'] = event['price']
   return {TYPE_VARIABLE: event.get('type'), 'name': name, 'properties': plain(properties),
           'traits': plain(traits), 'product': plain(product),
-          'timestamp': schemas.micros_to_datetime(event['event_time'])}
+          'timestamp': _micros_timestamp(event['event_time'])}
+
+
+def _micros_timestamp(micros: int) -> timestamp_pb2.Timestamp:
+  stamp = timestamp_pb2.Timestamp()
+  stamp.FromMicroseconds(micros)
+  return stamp
 
 
 def document_activation(document: Mapping[str, Any], traits: Mapping[str, Any]) -> dict:
