@@ -135,6 +135,10 @@ def _too_large() -> Problem:
                  'a few kilobytes; refused before parsing)')
 
 
+def _valid_key(key: Any) -> bool:
+  return isinstance(key, str) and KEY_PATTERN.fullmatch(key) is not None
+
+
 def _line(node: yaml.Node) -> int:
   return node.start_mark.line + 1
 
@@ -182,7 +186,11 @@ class _Checker:
       return None
     except yaml.MarkedYAMLError as err:
       mark = err.problem_mark or err.context_mark
-      message = ' '.join(str(part) for part in (err.context, err.problem) if part)
+      context = err.context or ''
+      if context and err.context_mark is not None and err.problem_mark is not None and (
+          err.context_mark.line != err.problem_mark.line):
+        context += f' (line {err.context_mark.line + 1})'
+      message = ' '.join(part for part in (context, err.problem) if part)
       self.problem(mark.line + 1 if mark else 1, None, f'not valid YAML: {message}')
       return None
     except yaml.YAMLError as err:
@@ -237,6 +245,16 @@ class _Checker:
       self.problem(_line(node), key, 'the value nests too deeply')
     return _INVALID
 
+  def describe(self, node: yaml.Node) -> str:
+    """What a node holds, for a message; a list or mapping is not built (it may be an alias's
+    expansion)."""
+    if isinstance(node, yaml.SequenceNode):
+      return 'a list'
+    if isinstance(node, yaml.MappingNode):
+      return 'a mapping'
+    value = self.value(node, None)
+    return 'an unreadable value' if value is _INVALID else _kind_of(value)
+
   def mapping(self, node: yaml.MappingNode, key: str | None, allowed: tuple[str, ...],
               where: str) -> dict[str, yaml.Node]:
     """The mapping's entries by key; a problem for each unknown or repeated key."""
@@ -258,8 +276,8 @@ class _Checker:
     if node is None:
       return
     if not isinstance(node, yaml.SequenceNode):
-      self.problem(_line(node), None, f'{section} must be a list of definitions (each starting '
-                   f'with "- key: ..."), not {_kind_of(self.value(node, None))}')
+      self.problem(_line(node), None, f'{section} must be a list of definitions (each '
+                   f'starting with "- key: ..."), not {self.describe(node)}')
       return
     if len(node.value) > limit:
       self.problem(_line(node.value[limit]), None, f'more than {limit} {section} '
@@ -269,11 +287,11 @@ class _Checker:
       self.seen_entries += 1
       if not isinstance(entry, yaml.MappingNode):
         self.problem(_line(entry), None, f'an entry of {section} must be a mapping (key: ..., '
-                     f'...), not {_kind_of(self.value(entry, None))}')
+                     f'...), not {self.describe(entry)}')
         continue
       key = self.key(entry, section)
       label = key if isinstance(key, str) else None
-      if isinstance(key, str) and KEY_PATTERN.fullmatch(key):
+      if _valid_key(key):
         if key in first_line:
           self.problem(_line(entry), key, f'duplicate key {key!r} among {section}: first '
                        f'defined on line {first_line[key]}')
@@ -305,7 +323,7 @@ class _Checker:
             ) -> TraitDefinition | None:
     count = len(self.problems)
     fields = self.mapping(entry, label, TRAIT_KEYS, 'in a trait')
-    if isinstance(key, str) and KEY_PATTERN.fullmatch(key):
+    if _valid_key(key):
       self.defined_trait_keys.add(key)
     kind = None
     if 'kind' not in fields:
@@ -350,7 +368,7 @@ class _Checker:
                        f'within_days must be a positive number of days, not {_kind_of(days)}')
         else:
           within_days = float(days)
-    if len(self.problems) > count or key is None or not KEY_PATTERN.fullmatch(key):
+    if len(self.problems) > count or not _valid_key(key):
       return None
     return TraitDefinition(key, kind, event, where, value, within_days, _line(entry))
 
@@ -381,7 +399,7 @@ class _Checker:
       if description is not _INVALID and not isinstance(description, str):
         self.problem(_line(fields['description']), label,
                      f'description must be text, not {_kind_of(description)}')
-    if len(self.problems) > count or key is None or not KEY_PATTERN.fullmatch(key):
+    if len(self.problems) > count or not _valid_key(key):
       return None
     return AudienceDefinition(key, when, description, _line(entry))
 
@@ -397,7 +415,9 @@ class _Checker:
                    f'{_kind_of(source)} (quote it: {field}: \'...\')')
       return None
     try:
-      return compile_(source)
+      # Without the newline a block scalar (|) ends with, an error at the end of the
+      # expression is on its last line, not on the line after it.
+      return compile_(source.rstrip())
     except ExpressionError as err:
       message = err.message
       if message.startswith('undeclared reference'):
