@@ -197,7 +197,7 @@ class _Checker:
       self.problem(1, None, f'not valid YAML: {err}')
       return None
     except RecursionError:
-      self.problem(1, None, 'not valid here: the YAML nests too deeply')
+      self.problem(1, None, 'not valid YAML here: it nests too deeply to read')
       return None
     finally:
       if self.loader is not None:
@@ -219,8 +219,6 @@ class _Checker:
         self.problem(_line(node), None, f'version must be {VERSION} (the only format version), '
                      f'not {_kind_of(version)}')
     traits = tuple(self.entries(entries.get('traits'), 'traits', MAX_TRAITS, self.trait))
-    # Every trait key the file defines, also of traits with other problems: an audience naming
-    # one of those is not wrong for that.
     audiences = tuple(self.entries(entries.get('audiences'), 'audiences', MAX_AUDIENCES,
                                    self.audience))
     sections = [entries.get(name) for name in ('traits', 'audiences')]
@@ -309,7 +307,7 @@ class _Checker:
         label = key if isinstance(key, str) else None
         if key is _INVALID:
           return None
-        if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        if not _valid_key(key):
           self.problem(_line(value_node), label, 'key must match [a-z][a-z0-9_]{0,62} (lower '
                        'case letters, digits and _, starting with a letter, at most 63), not '
                        f'{_kind_of(key)}')
@@ -374,6 +372,8 @@ class _Checker:
 
   def audience(self, entry: yaml.MappingNode, key: Any, label: str | None
                ) -> AudienceDefinition | None:
+    # Every trait key the file defines, also of traits with other problems: an audience naming
+    # one of those is not wrong for that.
     trait_keys = self.defined_trait_keys
     count = len(self.problems)
     fields = self.mapping(entry, label, AUDIENCE_KEYS, 'in an audience')
