@@ -419,15 +419,31 @@ class _Checker:
       # expression is on its last line, not on the line after it.
       return compile_(source.rstrip())
     except ExpressionError as err:
-      message = err.message
+      message, column = err.message, err.column
       if message.startswith('undeclared reference'):
+        column = _name_start(source, message, err.line, column)
         message += f' (variables: {_quote(variables)})'
       if err.line is None:
         self.problem(_line(node), label, f'{field}: {message}')
       else:
-        self.problem(_position(node, err.line), label,
-                     f'{field}: column {err.column}: {message}')
+        self.problem(_position(node, err.line), label, f'{field}: column {column}: {message}')
       return None
+
+
+_UNDECLARED = re.compile(r"undeclared reference to '([A-Za-z0-9_.]+)'")
+
+
+def _name_start(source: str, message: str, line: int | None, column: int | None) -> int | None:
+  """Where an undeclared dotted name starts. CEL points at its last `.` (`trait.games_views`:
+  column 6); the name's first character (column 1) is where a reader looks."""
+  found = _UNDECLARED.match(message)
+  if found is None or line is None or column is None or '.' not in found.group(1):
+    return column
+  name = found.group(1)
+  start = column - 1 - len(name.rsplit('.', 1)[0])
+  lines = source.split('\n')
+  text = lines[line - 1] if line <= len(lines) else ''
+  return start + 1 if start >= 0 and text[start:start + len(name)] == name else column
 
 
 def _position(node: yaml.ScalarNode, line: int) -> int:
