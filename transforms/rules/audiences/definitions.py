@@ -182,7 +182,9 @@ class _Checker:
       root = self.loader.get_single_node()
     except yaml.reader.ReaderError as err:
       line = self.text[:err.position].count('\n') + 1
-      self.problem(line, None, f'not valid YAML: character {err.character!r} is not allowed')
+      code = err.character if isinstance(err.character, int) else ord(err.character)
+      self.problem(line, None, f'not valid YAML: the character U+{code:04X} is not allowed '
+                   'in YAML')
       return None
     except yaml.MarkedYAMLError as err:
       mark = err.problem_mark or err.context_mark
