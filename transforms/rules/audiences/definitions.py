@@ -22,12 +22,11 @@ import yaml
 
 from transforms.rules.audiences import expressions
 from transforms.rules.audiences.expressions import Compiled, ExpressionError
+# The kinds of computed trait, from the module that computes them (docs/AUDIENCES.md,
+# "Semantics").
+from transforms.rules.audiences.traits import KINDS
 
 VERSION = 1
-# The kinds of computed trait (semantics: docs/AUDIENCES.md, "Semantics"); the same tuple as
-# transforms.rules.audiences.traits.KINDS, which computes them.
-KINDS = ('count', 'sum', 'min', 'max', 'avg', 'first', 'last', 'most_frequent', 'unique_count',
-         'unique_list')
 KEY_PATTERN = re.compile(r'[a-z][a-z0-9_]{0,62}')
 MAX_TRAITS = 100
 MAX_AUDIENCES = 100
