@@ -58,6 +58,7 @@ import datetime as dt
 import decimal
 import fractions
 import hashlib
+import heapq
 import math
 from typing import Any
 
@@ -125,11 +126,7 @@ def result(state: dict, kind: str, reference: int | None, within_days: float | N
   _check_window(state, within_days)
   if 'days' not in state:
     return _finish(kind, state['agg'])
-  cutoff = _cutoff(state, reference)
-  agg = _empty(kind)
-  for group in _items_after(state, cutoff):
-    agg = _agg_group(kind, agg, group)
-  return _finish(kind, agg)
+  return _finish(kind, _collect(kind, _items_after(state, _cutoff(state, reference))))
 
 
 def next_change(state: dict, kind: str, within_days: float | None, reference: int) -> int | None:
@@ -147,17 +144,14 @@ def next_change(state: dict, kind: str, within_days: float | None, reference: in
   if not times:
     return None
   # after[i]: the result once times[0..i] have aged out; built from the newest time down.
+  scan = _ModeScan(by_time.values()) if kind == 'most_frequent' else _Scan(kind)
   after = [None] * len(times)
-  agg = _empty(kind)
-  mode = _Mode() if kind == 'most_frequent' else None
-  after[-1] = _finish(kind, agg)
+  after[-1] = scan.value()
   for i in range(len(times) - 1, 0, -1):
-    for group in by_time[times[i]]:
-      agg = _agg_group(kind, agg, group)
-    after[i - 1] = mode.update(agg, by_time[times[i]]) if mode else _finish(kind, agg)
-  for group in by_time[times[0]]:
-    agg = _agg_group(kind, agg, group)
-  now = mode.update(agg, by_time[times[0]]) if mode else _finish(kind, agg)
+    scan.add(by_time[times[i]])
+    after[i - 1] = scan.value()
+  scan.add(by_time[times[0]])
+  now = scan.value()
   for i, value in enumerate(after):
     if not _same(value, now):
       return times[i] + state['window']
@@ -414,31 +408,103 @@ def _finish(kind: str, agg: Any) -> Any:
   return [key[1] for key in agg]
 
 
-class _Mode:
-  """most_frequent of an aggregate that only grows (next_change's scan), without a full pass
-  over its counts at each step unless the best value was evicted."""
-
-  def __init__(self):
-    self.best = None
-
-  def update(self, counts: dict, groups: list) -> Any:
-    if self.best is not None and self.best not in counts:
-      self.best = None
-    if self.best is None:
-      self.best = min(counts.items(), key=lambda pair: (-pair[1], pair[0]))[0] if counts else None
-    else:
-      for key in _touched(groups):
-        if key in counts and (-counts[key], key) < (-counts[self.best], self.best):
-          self.best = key
-    return None if self.best is None else self.best[1]
-
-
-def _touched(groups: list):
+def _collect(kind: str, groups) -> Any:
+  """The aggregate of exact events and day aggregates: for the set-like kinds gathered whole and
+  cut to its cap once (the same aggregate as adding them one by one: a value a day's aggregate
+  dropped had a cap's worth of smaller values there, so it is beyond the cap of the union)."""
+  if kind == 'most_frequent':
+    counts: dict = {}
+    for group in groups:
+      for key, n in _counted(group):
+        counts[key] = counts.get(key, 0) + n
+    if len(counts) > MAX_DISTINCT:
+      counts = {key: counts[key] for key in sorted(counts)[:MAX_DISTINCT]}
+    return counts
+  if kind == 'unique_count':
+    hashes, dropped = set(), False
+    for group in groups:
+      if group[1] == 'entry':
+        hashes.add(_hash(_order(group[2][2])))
+      else:
+        hashes.update(group[2][0])
+        dropped = dropped or group[2][1]
+    kept = sorted(hashes)
+    return [kept[:MAX_DISTINCT], dropped or len(kept) > MAX_DISTINCT]
+  if kind == 'unique_list':
+    keys = set()
+    for group in groups:
+      if group[1] == 'entry':
+        keys.add(_order(group[2][2]))
+      else:
+        keys.update(group[2])
+    return sorted(keys)[:MAX_LIST]
+  agg = _empty(kind)
   for group in groups:
-    if group[1] == 'entry':
-      yield _order(group[2][2])
-    else:
-      yield from group[2]
+    agg = _agg_group(kind, agg, group)
+  return agg
+
+
+def _counted(group: tuple):
+  """most_frequent: (value key, count) pairs of an exact event or a day's aggregate."""
+  if group[1] == 'entry':
+    return ((_order(group[2][2]), 1),)
+  return group[2].items()
+
+
+class _Scan:
+  """next_change's accumulator: the result of a growing set of groups."""
+
+  def __init__(self, kind: str):
+    self.kind, self.agg = kind, _empty(kind)
+
+  def add(self, groups: list) -> None:
+    for group in groups:
+      self.agg = _agg_group(self.kind, self.agg, group)
+
+  def value(self) -> Any:
+    return _finish(self.kind, self.agg)
+
+
+class _ModeScan:
+  """most_frequent's accumulator, in O(log MAX_DISTINCT) a step: the values ranked once, a heap of
+  the kept ranks for eviction, the best value updated from what each step touched."""
+
+  def __init__(self, all_groups):
+    keys = sorted({key for groups in all_groups for group in groups for key, _ in _counted(group)})
+    self.keys, self.rank = keys, {key: i for i, key in enumerate(keys)}
+    self.counts: dict[int, int] = {}
+    self.largest: list[int] = []  # negated kept ranks: a max-heap
+    self.best: int | None = None
+
+  def add(self, groups: list) -> None:
+    touched = []
+    for group in groups:
+      for key, n in _counted(group):
+        rank = self.rank[key]
+        if rank in self.counts:
+          self.counts[rank] += n
+        elif len(self.counts) < MAX_DISTINCT:
+          self.counts[rank] = n
+          heapq.heappush(self.largest, -rank)
+        elif rank < -self.largest[0]:
+          evicted = -heapq.heapreplace(self.largest, -rank)
+          del self.counts[evicted]
+          self.counts[rank] = n
+          if evicted == self.best:
+            self.best = None
+        else:
+          continue
+        touched.append(rank)
+    if self.best is None:
+      if self.counts:
+        self.best = min(self.counts, key=lambda r: (-self.counts[r], r))
+      return
+    for rank in touched:
+      if rank in self.counts and (-self.counts[rank], rank) < (-self.counts[self.best], self.best):
+        self.best = rank
+
+  def value(self) -> Any:
+    return None if self.best is None else self.keys[self.best][1]
 
 
 # --- windowed buckets -----------------------------------------------------------------------
