@@ -281,8 +281,19 @@ def test_bad_arguments_fail_loudly():
     traits.result(traits.new_state('count', False), 'count', T0, 7)
   with pytest.raises(ValueError, match='window'):
     traits.merge(windowed, traits.new_state('count', True, 30), 'count')
+  with pytest.raises(ValueError, match='kinds'):
+    traits.merge(traits.new_state('count', False), traits.new_state('sum', False), 'count')
   with pytest.raises(TypeError):
     traits.add(windowed, 'count', float(T0), 'm', None)
+
+
+def test_a_state_fits_only_the_kind_and_window_it_was_made_for():
+  assert traits.fits(traits.new_state('sum', True, 7), 'sum', 7.0)
+  assert traits.fits(traits.new_state('sum', False), 'sum', None)
+  assert not traits.fits(traits.new_state('sum', True, 7), 'sum', 30)
+  assert not traits.fits(traits.new_state('sum', True, 7), 'sum', None)
+  assert not traits.fits(traits.new_state('sum', False), 'sum', 7)
+  assert not traits.fits(traits.new_state('sum', False), 'avg', None)
 
 
 @pytest.mark.parametrize('kind', KINDS)

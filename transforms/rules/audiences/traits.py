@@ -3,7 +3,10 @@
 `new_state(kind, windowed, within_days)`, then `add(state, kind, event_time, message_id, value)`
 per matching event; `result(state, kind, reference, within_days)` reads the trait at a reference
 time, `next_change` says when a windowed result next changes as events age out (the streaming
-fold's timer) and `merge` combines partial states (combiners). Times are epoch microseconds.
+fold's timer) and `merge` combines partial states (combiners); `fits` says whether a stored state
+was made for a definition's kind and window (one kept across a changed definition starts again).
+Times are epoch microseconds. A state is a plain picklable dict; `state['skipped']` counts the
+values it could not use.
 
 Semantics (Segment's computed traits; docs/AUDIENCES.md): `count` matching events (0 when none);
 `sum`, `min`, `max`, `avg` of numeric values (`sum` 0 when none, the others None); `first` /
@@ -87,10 +90,19 @@ def new_state(kind: str, windowed: bool, within_days: float | None = None) -> di
   window."""
   _check_kind(kind)
   if windowed:
-    return {'window': _window(within_days), 'newest': None, 'skipped': 0, 'days': {}}
+    return {'kind': kind, 'window': _window(within_days), 'newest': None, 'skipped': 0,
+            'days': {}}
   if within_days is not None:
     raise ValueError('within_days is for a windowed trait')
-  return {'skipped': 0, 'agg': _empty(kind)}
+  return {'kind': kind, 'skipped': 0, 'agg': _empty(kind)}
+
+
+def fits(state: dict, kind: str, within_days: float | None) -> bool:
+  """Whether `state` was made for `kind` and `within_days` (None: unwindowed). A state kept
+  across a change of its definition (streaming state through an update) does not fit: reading or
+  merging it would fail or mislead, so it starts again."""
+  window = None if within_days is None else _window(within_days)
+  return state.get('kind') == kind and state.get('window') == window
 
 
 def add(state: dict, kind: str, event_time: int, message_id: str, value: Any) -> dict:
@@ -160,12 +172,13 @@ def next_change(state: dict, kind: str, within_days: float | None, reference: in
 
 def merge(a: dict, b: dict, kind: str) -> dict:
   """The state of both partial states' events (a new state; `a` and `b` are left as they are)."""
-  if ('days' in a) != ('days' in b) or a.get('window') != b.get('window'):
-    raise ValueError('merging trait states of different windows')
+  if a.get('window') != b.get('window') or a.get('kind') != b.get('kind'):
+    raise ValueError('merging trait states of different kinds or windows')
   if 'days' not in a:
-    return {'skipped': a['skipped'] + b['skipped'], 'agg': _agg_merge(kind, a['agg'], b['agg'])}
+    return {'kind': kind, 'skipped': a['skipped'] + b['skipped'],
+            'agg': _agg_merge(kind, a['agg'], b['agg'])}
   newest = [n for n in (a['newest'], b['newest']) if n is not None]
-  out = {'window': a['window'], 'newest': max(newest) if newest else None,
+  out = {'kind': kind, 'window': a['window'], 'newest': max(newest) if newest else None,
          'skipped': a['skipped'] + b['skipped'], 'days': {}}
   live_from = _live_from(out)
   for day in set(a['days']) | set(b['days']):
@@ -181,7 +194,8 @@ def merge(a: dict, b: dict, kind: str) -> dict:
       for t, message_id, item in second['entries']:
         _bucket_add(kind, bucket, t, message_id, item)
       if second['rest'] is not None:
-        bucket['rest'] = _agg_merge(kind, bucket['rest'] or _empty(kind), second['rest'])
+        rest = _empty(kind) if bucket['rest'] is None else bucket['rest']
+        bucket['rest'] = _agg_merge(kind, rest, second['rest'])
         bucket['rest_at'] = _max(bucket['rest_at'], second['rest_at'])
     out['days'][day] = bucket
   return out
