@@ -11,11 +11,15 @@ from __future__ import annotations
 import decimal
 import typing
 
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions)
 
 import schemas
 from transforms.rules import events, holdout, profile
+from transforms.rules.audiences import definitions
+from transforms.rules.audiences.evaluate import Evaluator
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
 from transforms.settings import (DEFAULT_ALLOWED_LATENESS_HOURS, DEFAULT_DEDUPE_HOURS,
                                  DEFAULT_FIRESTORE_RETRY_SECONDS, DEFAULT_FLUSH_SECONDS,
@@ -121,6 +125,12 @@ class PersonalizationOptions(PipelineOptions):
         help='Lifetime order value from which a customer is in the vip segment (5 or more '
              'orders also make a vip).')
     parser.add_argument(
+        '--audiences', default=None,
+        help='A definitions file of computed traits and audiences (YAML, docs/AUDIENCES.md; '
+             'check it with `python -m pipeline.audiences check FILE`): every document gets '
+             'their `traits` and `audiences`. A file with problems stops the job before it '
+             'starts, each problem with its line.')
+    parser.add_argument(
         '--holdout_percent', type=float, default=0,
         help='Share of customers in the global holdout (control) group, 0 to 50 in steps of '
              '0.01; 0 turns it off. Their documents carry holdout: true, so the ESP skips them '
@@ -217,9 +227,24 @@ class PersonalizationOptions(PipelineOptions):
     return EventSources(tuple(self.event_patterns()), pubsub)
 
   def profile_settings(self) -> profile.Settings:
+    """The fold's and render's settings; ValueError (a DefinitionsError listing every problem
+    of --audiences with its line) when one is bad."""
     return profile.Settings(cart_abandon_minutes=self.cart_abandon_minutes,
                             vip_lifetime_value=decimal.Decimal(str(self.vip_lifetime_value)),
-                            holdout=holdout.Holdout(self.holdout_percent, self.holdout_salt))
+                            holdout=holdout.Holdout(self.holdout_percent, self.holdout_salt),
+                            audiences=self.audience_definitions())
+
+  def audience_definitions(self) -> Evaluator | None:
+    """--audiences read (a local or gs:// path, through Beam's FileSystems) and checked."""
+    if not self.audiences:
+      return None
+    try:
+      with FileSystems.open(self.audiences, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        data = f.read(definitions.MAX_FILE_BYTES + 1)
+    except (OSError, BeamIOError) as err:
+      raise definitions.DefinitionsError(self.audiences, [definitions.Problem(
+          None, None, f'cannot read the file: {err}')]) from None
+    return Evaluator(definitions.from_bytes(data, self.audiences))
 
   def as_of_micros(self) -> int | None:
     """--as_of in epoch microseconds; ValueError when it is not ISO-8601."""

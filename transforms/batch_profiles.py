@@ -21,12 +21,14 @@ from transforms.settings import Sharding
 from transforms.shards import ChunkBuffer, records
 
 
-def fold_line(key: str, event: dict) -> bytes:
+def fold_line(key: str, event: dict, whole: bool = False) -> bytes:
   """What the group by customer carries of an event, under `key` (its customer id, or its
   anonymous id until it is stitched): the products it shows interest in (what popularity reads,
-  without decoding the rest) and the encoded fold input (`profile.fold_input`)."""
+  without decoding the rest) and the encoded fold input (`profile.fold_input`; `whole` keeps the
+  properties and traits whole, for computed traits)."""
   return line_formats.encode_fold(key, profile.interacted_products(event),
-                                  schemas.encode_record('events', profile.fold_input(event)))
+                                  schemas.encode_record('events',
+                                                        profile.fold_input(event, whole)))
 
 
 class _RouteFn(beam.DoFn):
@@ -46,8 +48,9 @@ class _RouteFn(beam.DoFn):
   # sums: transforms/windows.py, _HourPartialsFn).
   MAX_LINKS = 20_000
 
-  def __init__(self, sharding: Sharding):
+  def __init__(self, sharding: Sharding, whole: bool = False):
     self._sharding = sharding
+    self._whole = whole
     self._unlinked = metrics.counter(metrics.EVENTS_ANONYMOUS_UNLINKED)
 
   def start_bundle(self):
@@ -76,11 +79,11 @@ class _RouteFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput('links', chunk)
     user_id, anonymous_id = event.get('user_id'), event.get('anonymous_id')
     if user_id:
-      chunk = self._identified.add(user_id, fold_line(user_id, event))
+      chunk = self._identified.add(user_id, fold_line(user_id, event, self._whole))
       if chunk is not None:
         yield chunk
     elif anonymous_id:
-      chunk = self._anonymous.add(anonymous_id, fold_line(anonymous_id, event))
+      chunk = self._anonymous.add(anonymous_id, fold_line(anonymous_id, event, self._whole))
       if chunk is not None:
         yield beam.pvalue.TaggedOutput('anonymous', chunk)
     else:
@@ -167,12 +170,15 @@ class StitchIdentities(beam.PTransform):
   bounded input. Streaming stitches with a replay buffer instead (live_profiles.StitchLive).
   """
 
-  def __init__(self, sharding: Sharding = Sharding()):
+  def __init__(self, sharding: Sharding = Sharding(), whole: bool = False):
+    """`whole`: carry events' properties and traits whole (computed traits read them)."""
     super().__init__()
     self._sharding = sharding
+    self._whole = whole
 
   def expand(self, events):
-    routed = events | 'Route' >> beam.ParDo(_RouteFn(self._sharding)).with_output_types(
+    routed = events | 'Route' >> beam.ParDo(
+        _RouteFn(self._sharding, self._whole)).with_output_types(
         tuple[int, bytes]).with_outputs('links', 'anonymous', main='identified')
     attached = ({'anonymous': routed.anonymous, 'links': routed.links}
                 | 'JoinLinks' >> beam.CoGroupByKey()
@@ -283,7 +289,7 @@ class _FoldRenderFn(beam.DoFn):
       for event in events:
         if event.get('product_id') is not None and event['product_id'] not in catalog:
           self._unknown_products.inc()
-      state = profile.fold(customer_id, events)
+      state = profile.fold(customer_id, events, self._settings.audiences, catalog)
       document = profile.render(state, reference_time, customers.get(customer_id), catalog,
                                 recommender, self._settings)
       if document is None:
@@ -327,7 +333,8 @@ class BatchProfiles(beam.PTransform):
         pipeline | 'NoCatalog' >> beam.Create([]))
     # The groups stay compressed: two steps read them (popularity, then the fold with the
     # popularity-ranked recommender as a side input), so the runner materialises them in between.
-    grouped = events | 'StitchIdentities' >> StitchIdentities(self._sharding)
+    grouped = events | 'StitchIdentities' >> StitchIdentities(
+        self._sharding, whole=self._settings.audiences is not None)
     popularity = grouped | 'ProductPopularity' >> CustomerProductPopularity()
     catalog_by_id = catalog | 'CatalogById' >> beam.Map(lambda p: (p['product_id'], p))
     recommender = (pipeline

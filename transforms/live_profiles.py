@@ -113,13 +113,16 @@ class StitchLive(beam.PTransform):
 
 class _FoldLiveFn(beam.DoFn):
   """Keyed by customer. Folds each event into the stored profile; renders the document at most
-  once per `flush_seconds` for a burst of events (coalescing), and again when the cart becomes
-  abandoned (a processing-time timer), emitting one trigger per abandoned cart."""
+  once per `flush_seconds` for a burst of events (coalescing), again when the cart becomes
+  abandoned (a processing-time timer), emitting one trigger per abandoned cart, and again when a
+  windowed computed trait changes as its events age out (so audience membership follows the
+  decay without a new event)."""
   PROFILE = ReadModifyWriteStateSpec('profile', coders.PickleCoder())
   PENDING = ReadModifyWriteStateSpec('pending', coders.BooleanCoder())
   TRIGGERED = ReadModifyWriteStateSpec('triggered', coders.VarIntCoder())
   FLUSH = TimerSpec('flush', TimeDomain.REAL_TIME)
   ABANDON = TimerSpec('abandon', TimeDomain.REAL_TIME)
+  DECAY = TimerSpec('decay', TimeDomain.REAL_TIME)
 
   def __init__(self, settings: profile.Settings, live: LiveSettings, reference: ReferenceFiles,
                popularity: FirestoreLocation | None = None):
@@ -133,14 +136,21 @@ class _FoldLiveFn(beam.DoFn):
 
   def process(self, element, stored=beam.DoFn.StateParam(PROFILE),
               pending=beam.DoFn.StateParam(PENDING), flush=beam.DoFn.TimerParam(FLUSH),
-              abandon=beam.DoFn.TimerParam(ABANDON)):
+              abandon=beam.DoFn.TimerParam(ABANDON), decay=beam.DoFn.TimerParam(DECAY)):
     customer_id, event = element
     stored_state = stored.read()
     state = (profile.upgraded(stored_state) if stored_state is not None
              else profile.new_state(customer_id))
     due_before = profile.cart_abandoned_from(state, self._settings)
-    profile.apply(state, event)
+    audiences = self._settings.audiences
+    catalog = None
+    if audiences is not None:
+      catalog = reference_data.current(self._customers, self._catalog, self._refresh_minutes,
+                                       self._popularity).catalog
+    profile.apply(state, event, audiences, catalog)
     stored.write(state)
+    if audiences is not None:
+      self._set_decay(decay, state, _now_micros())
     if not pending.read():
       pending.write(True)
       flush.set(Timestamp.now() + self._flush)
@@ -163,6 +173,22 @@ class _FoldLiveFn(beam.DoFn):
                  stored=beam.DoFn.StateParam(PROFILE),
                  triggered=beam.DoFn.StateParam(TRIGGERED)):
     yield from self._emit(key, stored.read(), triggered, fired.micros)
+
+  @on_timer(DECAY)
+  def on_decay(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
+               stored=beam.DoFn.StateParam(PROFILE), triggered=beam.DoFn.StateParam(TRIGGERED),
+               decay=beam.DoFn.TimerParam(DECAY)):
+    state = stored.read()
+    if state is not None and self._settings.audiences is not None:
+      self._set_decay(decay, profile.upgraded(state), fired.micros)
+    yield from self._emit(key, state, triggered, fired.micros)
+
+  def _set_decay(self, decay, state, now: int) -> None:
+    """The decay timer at the next time a windowed trait changes (one timer per key: setting it
+    again moves it)."""
+    due = self._settings.audiences.next_change(state['traits'], now)
+    if due is not None:
+      decay.set(Timestamp(micros=max(due, now + 1)))
 
   def _emit(self, customer_id, state, triggered, now: int):
     if state is None:

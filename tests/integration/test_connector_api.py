@@ -84,7 +84,8 @@ def test_personalization_returns_the_served_contract_with_iso_times(api):
   body = reply.json()
   assert list(body) == ['customer_id', 'first_name', 'country', 'language', 'loyalty_tier',
                         'last_event_at', 'recently_viewed', 'cart', 'orders', 'segment',
-                        'top_categories', 'recommendations', 'engagement', 'holdout']
+                        'top_categories', 'recommendations', 'engagement', 'holdout', 'traits',
+                        'audiences']
   assert body['first_name'] == 'Zoë' and body['last_event_at'] == '2026-11-14T23:58:36.407000Z'
   assert body['recently_viewed'][0]['viewed_at'] == '2026-11-14T23:58:36.407000Z'
   assert body['cart']['abandoned'] is True and body['engagement']['last_email_click_at'] is None

@@ -24,7 +24,7 @@ ORDERS = ('o1', 'o2', 'o3', 77)
 CONTRACT_FIELDS = {
     'customer_id', 'email_sha256', 'first_name', 'country', 'language', 'loyalty_tier',
     'schema_version', 'last_event_at', 'recently_viewed', 'cart', 'orders', 'segment',
-    'top_categories', 'recommendations', 'engagement', 'holdout'}
+    'top_categories', 'recommendations', 'engagement', 'holdout', 'traits', 'audiences'}
 CATALOG = {
     'p1': {'product_id': 'p1', 'name': 'Boot', 'category': 'Shoes', 'price': 120.0,
            'currency': 'USD', 'in_stock': True, 'url': 'u1', 'image_url': 'i1'},

@@ -263,7 +263,7 @@ def test_document_has_exactly_the_contract_fields():
   assert set(doc([view('p1', 1)])) == {
       'customer_id', 'email_sha256', 'first_name', 'country', 'language', 'loyalty_tier',
       'schema_version', 'last_event_at', 'recently_viewed', 'cart', 'orders', 'segment',
-      'top_categories', 'recommendations', 'engagement', 'holdout'}
+      'top_categories', 'recommendations', 'engagement', 'holdout', 'traits', 'audiences'}
 
 
 def test_interacted_products_for_popularity():

@@ -107,6 +107,13 @@ def load(path: str | pathlib.Path) -> Definitions:
   except OSError as err:
     problem = Problem(None, None, f'cannot read the file: {err.strerror or err}')
     raise DefinitionsError(name, [problem]) from None
+  return from_bytes(data, name)
+
+
+def from_bytes(data: bytes, name: str) -> Definitions:
+  """Checks a definitions file's bytes (read by the caller: the pipeline reads local and gs://
+  paths through Beam's FileSystems); DefinitionsError when over MAX_FILE_BYTES, not UTF-8 or
+  bad."""
   if len(data) > MAX_FILE_BYTES:
     raise DefinitionsError(name, [_too_large()])
   try:

@@ -14,9 +14,12 @@ and one entry per distinct product and order the customer touched. Times are epo
 from __future__ import annotations
 
 import decimal
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from transforms.rules.profile.cart import cart_operation, empty_cart
+
+if TYPE_CHECKING:
+  from transforms.rules.audiences.evaluate import Evaluator
 
 PRODUCT_VIEWED = 'Product Viewed'
 PRODUCT_ADDED = 'Product Added'
@@ -71,6 +74,7 @@ def new_state(customer_id: str) -> dict:
       'cancelled': set(),       # order ids cancelled (even before they were seen completed)
       'email_opened_at': None,
       'email_clicked_at': None,
+      'traits': {},             # computed trait key -> its state (transforms/rules/audiences)
   }
 
 
@@ -78,6 +82,7 @@ def upgraded(state: dict) -> dict:
   """A state stored by an earlier version of the fold (streaming state kept across an in-place
   update), in today's shape. Its values keep no message id (an empty one sorts first) and its
   product fields no time, so any new event replaces them; its cart becomes the compacted base."""
+  state.setdefault('traits', {})
   if 'cart_ops' in state:
     return state
   for name in ('email_sha256', 'first_name', 'unsubscribed'):
@@ -99,18 +104,24 @@ def upgraded(state: dict) -> dict:
   return state
 
 
-def apply(state: dict, event: dict) -> dict:
-  """Folds one event into the profile state (updated in place and returned: the fold owns it)."""
+def apply(state: dict, event: dict, audiences: 'Evaluator | None' = None,
+          catalog: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
+  """Folds one event into the profile state (updated in place and returned: the fold owns it).
+  With `audiences` (a definitions file), the computed traits the event feeds too; `catalog` is
+  what their `product` variable reads."""
   at = event['event_time']
   key = (at, event['message_id'])
   if state['last_event_at'] is None or at > state['last_event_at']:
     state['last_event_at'] = at
   if event.get('email_sha256'):
     state['email_sha256'] = newest(state['email_sha256'], key, event['email_sha256'])
+  name = event_name(event)
+  if audiences is not None:
+    for trait_key, value in audiences.inputs(event, name, catalog):
+      audiences.add(state['traits'], trait_key, at, key[1], value)
   if event['type'] == 'identify':
     _apply_identify(state, event, key)
     return state
-  name = event_name(event)
   properties = event.get('properties') if isinstance(event.get('properties'), dict) else {}
   product_id = event.get('product_id')
   if product_id is not None and name in (PRODUCT_VIEWED, PRODUCT_ADDED, PRODUCT_REMOVED):
@@ -144,12 +155,13 @@ def machine(properties: Mapping[str, Any]) -> bool:
   return flag is True or (isinstance(flag, str) and flag.strip().lower() == 'true')
 
 
-def fold(customer_id: str, events: Iterable[dict]) -> dict:
+def fold(customer_id: str, events: Iterable[dict], audiences: 'Evaluator | None' = None,
+         catalog: Mapping[str, Mapping[str, Any]] | None = None) -> dict:
   """Folds a customer's events. In event-time order (ties by message id): the result is the same
   in any order, but sorted input never needs the cart's compaction to be exact."""
   state = new_state(customer_id)
   for event in sorted(events, key=lambda e: (e['event_time'], e['message_id'])):
-    apply(state, event)
+    apply(state, event, audiences, catalog)
   return state
 
 
@@ -250,13 +262,17 @@ _FOLD_PROPERTIES = ('name', 'category', 'url', 'image_url', 'machine')
 _FOLD_LINE_FIELDS = ('product_id', 'price', 'quantity', 'name', 'category', 'url', 'image_url')
 
 
-def fold_input(event: dict) -> dict:
+def fold_input(event: dict, whole: bool = False) -> dict:
   """An event record cut down to what `fold` and `interacted_products` read: folding the cut-down
   records gives the same state as folding the records (tests/unit/test_fold_input.py checks it
   on the sample data, the bad-input corpus and generated events). What the batch graph carries
-  through its group by customer. Change it with `apply`.
+  through its group by customer. Change it with `apply`. `whole`: with computed traits, whose
+  expressions may read any property or trait, those two are kept whole.
   """
   slim = {name: event.get(name) for name in _FOLD_FIELDS}
+  if whole:  # computed traits' expressions may read any property or trait
+    slim['properties'], slim['traits'] = event.get('properties'), event.get('traits')
+    return slim
   traits = event.get('traits')
   if isinstance(traits, dict):
     slim['traits'] = {name: traits[name] for name in _FOLD_TRAITS if name in traits}

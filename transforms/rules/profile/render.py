@@ -18,6 +18,7 @@ from transforms.rules.holdout import Holdout
 from transforms.rules.profile.fold import MONEY, to_decimal
 
 if TYPE_CHECKING:
+  from transforms.rules.audiences.evaluate import Evaluator
   from transforms.rules.profile.recommendations import Recommender
 
 SCHEMA_VERSION = 1
@@ -37,6 +38,8 @@ class Settings:
   vip_order_count: int = 5
   at_risk_days: float = 90
   holdout: Holdout = Holdout()
+  # Computed traits and audiences (--audiences: transforms/rules/audiences); None: none defined.
+  audiences: 'Evaluator | None' = None
 
   def __post_init__(self):
     checks.positive(self.cart_abandon_minutes, '--cart_abandon_minutes')
@@ -94,7 +97,7 @@ def render(state: dict,
   excluded = set(state['cart']) | {pid for order_id, order in state['orders'].items()
                                    if order_id not in state['cancelled']
                                    for pid in order['products']}
-  return {
+  document = {
       'customer_id': state['customer_id'],
       'email_sha256': (state['email_sha256'][-1] if state['email_sha256']
                        else customer.get('email_sha256')),
@@ -114,7 +117,13 @@ def render(state: dict,
       'engagement': {'last_email_open_at': _time(state['email_opened_at']),
                      'last_email_click_at': _time(state['email_clicked_at'])},
       'holdout': settings.holdout.held_out(state['customer_id']),
+      'traits': {},
+      'audiences': [],
   }
+  if settings.audiences is not None:
+    document['traits'] = settings.audiences.results(state['traits'], reference_time)
+    document['audiences'] = settings.audiences.audiences(document, document['traits'])
+  return document
 
 
 def product_fields(state: dict, product_id: str,
