@@ -4,6 +4,7 @@
                                              [&campaign_id=C&email_id=E]
     POST /v1/personalization:batchGet[?campaign_id=C&email_id=E]   {"customer_ids": [...]}
                                                                     (at most 100)
+    GET  /v1/audiences/{key}/members[?limit=N&cursor=C]   ids in an audience, a page at a time
     GET  /healthz   GET /readyz   GET /metrics
 
 Every endpoint but /healthz and /readyz needs an API key (`Authorization: Bearer KEY` or
@@ -34,7 +35,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest
 
-from connector import engagement, shaping
+from connector import audiences, engagement, shaping
 from connector.config import Settings
 from connector.exposures import Exposures, ExposureUnavailable
 from connector.store import DocumentStore, StoreUnavailable, TtlCache
@@ -235,6 +236,25 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
     if send is not None:  # every id's verdict, found or not (as a send's 404 says it)
       answer['holdout'] = holdout
     return _json(200, answer)
+
+  @app.get('/v1/audiences/{key}/members')
+  async def audience_members(key: str, limit: str | None = None, cursor: str | None = None):
+    """The customer ids whose document lists audience `key`, by id, a page at a time (query
+    parameters taken as text and checked here, so a bad one is a 400 like the other endpoints'
+    rather than FastAPI's 422)."""
+    try:
+      audiences.check_key(key)
+      count = audiences.parse_limit(limit)
+      after = audiences.decode_cursor(cursor)
+    except shaping.BadRequest as err:
+      return _json(400, {'error': 'bad_request', 'message': str(err)})
+    try:
+      ids = await store.audience_members(key, after, count + 1)
+    except StoreUnavailable as err:
+      logging.getLogger('connector').warning('audience query failed: %s', err)
+      return unavailable()
+    # A listing changes with every document write: no cache may keep it.
+    return _json(200, audiences.page(key, ids, count), {'Cache-Control': 'no-store'})
 
   @app.get('/healthz')
   async def healthz():

@@ -108,6 +108,27 @@ class DocumentStore:
         found[raw.found.name.rsplit('/', 1)[1]] = decode_fields(raw.found.fields)
     return found
 
+  async def audience_members(self, audience: str, after: str | None, count: int) -> list[str]:
+    """Up to `count` ids, in id order and after `after`, of the documents whose `audiences` holds
+    `audience`: one RunQuery (array_contains, ordered by document id, projected on the id only, so
+    no document is transferred). Firestore serves it from the automatic single-field
+    array-contains index of `audiences`, whose entries are ordered by document id within a value;
+    no composite index is needed (docs/CONNECTOR.md, "Audience members")."""
+    from google.cloud.firestore_v1.base_query import FieldFilter
+    query = (self._collection_ref()
+             .where(filter=FieldFilter('audiences', 'array_contains', audience))
+             .order_by('__name__').select([]).limit(count))
+    if after is not None:
+      query = query.start_after({'__name__': after})
+    try:
+      return await asyncio.wait_for(self._ids(query), self._timeout)
+    except Exception as err:  # any failure or timeout: the app answers 503
+      raise StoreUnavailable(f'Firestore query failed: {type(err).__name__}') from err
+
+  @staticmethod
+  async def _ids(query) -> list[str]:
+    return [snapshot.id async for snapshot in query.stream()]
+
   async def ping(self, timeout: float = 2.0) -> None:
     collection = self._collection_ref()
     await asyncio.wait_for(collection.limit(1).get(), timeout)
