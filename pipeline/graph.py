@@ -14,6 +14,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
 from pipeline.options import PersonalizationOptions
+from transforms.audience_changes import BatchAudienceChanges
 from transforms.batch_profiles import BatchProfiles
 from transforms.clean import ParseEvents
 from transforms.dedupe import DedupeBatch, DedupeStream
@@ -21,7 +22,7 @@ from transforms.live_profiles import LiveProfiles
 from transforms.rules import reference, serving
 from transforms.sinks.bigquery import WriteTable
 from transforms.sinks.firestore import WriteDocuments
-from transforms.sinks.pubsub import PublishRecords
+from transforms.sinks.pubsub import PublishAudienceChanges, PublishRecords
 from transforms.sources import (ReadEventFiles, ReadPubSubEvents, ReadReference,
                                 ReadWholeEventFiles)
 from transforms.windows import AssignEventTime, HourlyBatch, HourlyWindowed
@@ -38,6 +39,10 @@ class Outputs(typing.NamedTuple):
   popularity: beam.PCollection | None  # streaming: (product_id, popularity document)
   customers: beam.PCollection | None   # CRM records (transforms.rules.reference.parse_customer)
   catalog: beam.PCollection | None     # product records (transforms.rules.reference.parse_product)
+  # --audiences: streaming, audience_membership records; batch, each rendered customer's
+  # (customer_id, (audience keys, reference time)), diffed against the table by `build`.
+  audience_changes: beam.PCollection | None
+  audience_renders: beam.PCollection | None
 
 
 def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
@@ -71,6 +76,8 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
     profiles = events | 'BuildProfiles' >> LiveProfiles(settings.profile, settings.live,
                                                          reference_files, cloud.popularity)
     popularity = profiles.popularity
+    changes = profiles.audience_changes if settings.profile.audiences else None
+    renders = None
   else:
     parsed = (p
               | 'ReadEvents' >> ReadEventFiles(files)
@@ -81,10 +88,12 @@ def build_outputs(p: beam.Pipeline, opts: PersonalizationOptions) -> Outputs:
     profiles = events | 'BuildProfiles' >> BatchProfiles(
         settings.profile, settings.sharding, settings.as_of_micros, customers, catalog)
     popularity = None  # counted inside BatchProfiles, over the whole input: nothing to write
+    changes = None
+    renders = profiles.audiences if settings.profile.audiences else None
 
   dead_letters = [parsed.dead_letter, *dead] | 'FlattenDeadLetters' >> beam.Flatten()
   return Outputs(events, dead_letters, hourly, profiles.documents, profiles.triggers,
-                 popularity, customers, catalog)
+                 popularity, customers, catalog, changes, renders)
 
 
 class _ReportLostFn(beam.DoFn):
@@ -114,6 +123,14 @@ def build(p: beam.Pipeline, opts: PersonalizationOptions, project: str) -> Outpu
                out.triggers | 'WriteTriggers' >> WriteTable('cart_triggers', warehouse)]
   if cloud.triggers_topic is not None:
     _ = out.triggers | 'PublishTriggers' >> PublishRecords(cloud.triggers_topic, 'cart_triggers')
+  changes = out.audience_changes
+  if out.audience_renders is not None:  # batch: what changed since the table's memberships
+    changes = out.audience_renders | 'AudienceChanges' >> BatchAudienceChanges(warehouse)
+  if changes is not None:
+    rejected.append(changes | 'WriteAudienceMembership' >> WriteTable('audience_membership',
+                                                                      warehouse))
+    if cloud.audience_topic is not None:
+      _ = changes | 'PublishAudienceChanges' >> PublishAudienceChanges(cloud.audience_topic)
   lost = ((out.dead_letters, *rejected)
           | 'AllDeadLetters' >> beam.Flatten()
           | 'WriteDeadLetters' >> WriteTable('dead_letter', warehouse))

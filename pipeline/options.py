@@ -51,6 +51,7 @@ class CloudSettings(typing.NamedTuple):
   popularity: FirestoreLocation
   firestore_retry: FirestoreRetry
   triggers_topic: TriggersTopic | None
+  audience_topic: TriggersTopic | None
 
 
 class PersonalizationOptions(PipelineOptions):
@@ -161,6 +162,11 @@ class PersonalizationOptions(PipelineOptions):
         help='Pub/Sub topic (projects/PROJECT/topics/NAME) that receives cart-abandonment '
              'triggers as JSON; they always go to the cart_triggers table too.')
     parser.add_argument(
+        '--audience_topic', default=None,
+        help='Pub/Sub topic (projects/PROJECT/topics/NAME) that receives each change of audience '
+             'membership (--audiences) as a Segment track event, Audience Entered or Audience '
+             'Exited; they always go to the audience_membership table too.')
+    parser.add_argument(
         '--dataset', default='personalization',
         help='BigQuery dataset of the events, dead_letter and aggregate tables.')
     parser.add_argument(
@@ -213,7 +219,9 @@ class PersonalizationOptions(PipelineOptions):
         popularity=FirestoreLocation(project, self.popularity_collection,
                                      self.firestore_database),
         firestore_retry=FirestoreRetry(self.firestore_retry_seconds),
-        triggers_topic=TriggersTopic(self.triggers_topic) if self.triggers_topic else None)
+        triggers_topic=TriggersTopic(self.triggers_topic) if self.triggers_topic else None,
+        audience_topic=(TriggersTopic(self.audience_topic, 'audience_topic')
+                        if self.audience_topic else None))
 
   def event_sources(self) -> EventSources:
     """Files (--events) and, streaming, the subscription: batch needs files, streaming a

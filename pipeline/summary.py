@@ -99,7 +99,8 @@ class RunSummary:
                         ('documents deleted (consent withdrawn)', metrics.DOCUMENTS_DELETED),
                         ('writes skipped: stored document newer', metrics.DOCUMENTS_STALE_SKIPPED),
                         ('Firestore calls retried (transient errors)', metrics.FIRESTORE_RETRIES),
-                        ('cart triggers published', metrics.TRIGGERS_PUBLISHED)):
+                        ('cart triggers published', metrics.TRIGGERS_PUBLISHED),
+                        ('audience changes published', metrics.AUDIENCE_CHANGES_PUBLISHED)):
       if self.get(name):
         lines.append(f'  {label:<48} {self.get(name):>8,}')
     lines.append(f'  documents written    {self.get(metrics.DOCUMENTS_WRITTEN):>10,}')

@@ -23,7 +23,7 @@ import orjson
 SCHEMA_DIR = pathlib.Path(__file__).parent
 # Warehouse tables, in creation order. Each has a `<name>.avsc` file.
 TABLES = ('events', 'dead_letter', 'customer_activity_hourly', 'customer_profiles',
-          'cart_triggers')
+          'cart_triggers', 'audience_membership')
 
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 

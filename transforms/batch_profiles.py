@@ -298,6 +298,9 @@ class _FoldRenderFn(beam.DoFn):
         trigger = serving.cart_trigger(document, reference_time)
         if trigger is not None:
           yield beam.pvalue.TaggedOutput('triggers', trigger)
+      if self._settings.audiences is not None:
+        yield beam.pvalue.TaggedOutput('audiences', (
+            customer_id, (document['audiences'] if document else [], reference_time)))
       yield customer_id, document
 
 
@@ -307,7 +310,9 @@ class BatchProfiles(beam.PTransform):
   Input: deduplicated event records (global window). Side data: `customers` (CRM records) and
   `catalog` (product records), PCollections or None. Output: a tuple with `documents` —
   `(customer_id, document)` pairs, the document None when consent forbids one (the writer deletes
-  it) — and `triggers` (cart-abandonment records).
+  it) — `triggers` (cart-abandonment records) and, with computed audiences, `audiences`:
+  `(customer_id, (audience keys, reference time))` of every customer rendered (no keys for a
+  withheld document), what transforms.audience_changes diffs.
 
   Events are stitched to customers, grouped (in chunks cut by `sharding`) and folded once; the
   reference time is `as_of_micros` or the newest event time; recommendations rank by product
@@ -350,4 +355,5 @@ class BatchProfiles(beam.PTransform):
                     lambda c: (c['customer_id'], c))),
                 catalog=AsDict(catalog_by_id),
                 recommender=AsSingleton(recommender),
-                reference_time=AsSingleton(reference)).with_outputs('triggers', main='documents'))
+                reference_time=AsSingleton(reference)).with_outputs(
+                    'triggers', 'audiences', main='documents'))

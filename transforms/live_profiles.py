@@ -20,6 +20,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from transforms import metrics, reference_data
 from transforms.rules import identity, profile, serving
+from transforms.rules.audiences import membership
 from transforms.settings import FirestoreLocation, LiveSettings, ReferenceFiles
 
 _MICROS = 1_000_000
@@ -123,6 +124,8 @@ class _FoldLiveFn(beam.DoFn):
   FLUSH = TimerSpec('flush', TimeDomain.REAL_TIME)
   ABANDON = TimerSpec('abandon', TimeDomain.REAL_TIME)
   DECAY = TimerSpec('decay', TimeDomain.REAL_TIME)
+  # The audiences of the last render (--audiences), to record each membership change once.
+  MEMBERS = ReadModifyWriteStateSpec('members', coders.PickleCoder())
 
   def __init__(self, settings: profile.Settings, live: LiveSettings, reference: ReferenceFiles,
                popularity: FirestoreLocation | None = None):
@@ -164,24 +167,26 @@ class _FoldLiveFn(beam.DoFn):
   @on_timer(FLUSH)
   def on_flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                stored=beam.DoFn.StateParam(PROFILE), pending=beam.DoFn.StateParam(PENDING),
-               triggered=beam.DoFn.StateParam(TRIGGERED)):
+               triggered=beam.DoFn.StateParam(TRIGGERED),
+               members=beam.DoFn.StateParam(MEMBERS)):
     pending.clear()
-    yield from self._emit(key, stored.read(), triggered, fired.micros)
+    yield from self._emit(key, stored.read(), triggered, members, fired.micros)
 
   @on_timer(ABANDON)
   def on_abandon(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                  stored=beam.DoFn.StateParam(PROFILE),
-                 triggered=beam.DoFn.StateParam(TRIGGERED)):
-    yield from self._emit(key, stored.read(), triggered, fired.micros)
+                 triggered=beam.DoFn.StateParam(TRIGGERED),
+                 members=beam.DoFn.StateParam(MEMBERS)):
+    yield from self._emit(key, stored.read(), triggered, members, fired.micros)
 
   @on_timer(DECAY)
   def on_decay(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                stored=beam.DoFn.StateParam(PROFILE), triggered=beam.DoFn.StateParam(TRIGGERED),
-               decay=beam.DoFn.TimerParam(DECAY)):
+               members=beam.DoFn.StateParam(MEMBERS), decay=beam.DoFn.TimerParam(DECAY)):
     state = stored.read()
     if state is not None and self._settings.audiences is not None:
       self._set_decay(decay, profile.upgraded(state), fired.micros)
-    yield from self._emit(key, state, triggered, fired.micros)
+    yield from self._emit(key, state, triggered, members, fired.micros)
 
   def _set_decay(self, decay, state, now: int) -> None:
     """The decay timer at the next time a windowed trait changes (one timer per key: setting it
@@ -190,7 +195,7 @@ class _FoldLiveFn(beam.DoFn):
     if due is not None:
       decay.set(Timestamp(micros=max(due, now + 1)))
 
-  def _emit(self, customer_id, state, triggered, now: int):
+  def _emit(self, customer_id, state, triggered, members, now: int):
     if state is None:
       return
     state = profile.upgraded(state)
@@ -205,6 +210,13 @@ class _FoldLiveFn(beam.DoFn):
       if trigger is not None and triggered.read() != trigger['cart_updated_at']:
         triggered.write(trigger['cart_updated_at'])
         yield beam.pvalue.TaggedOutput('triggers', trigger)
+    if self._settings.audiences is not None:
+      current = document['audiences'] if document is not None else []
+      previous = members.read() or []
+      for change in membership.changes(customer_id, previous, current, now):
+        yield beam.pvalue.TaggedOutput('audience_changes', change)
+      if list(previous) != list(current):
+        members.write(list(current))
     yield customer_id, document
 
 
@@ -225,7 +237,8 @@ class FoldLive(beam.PTransform):
   def expand(self, keyed):
     return (keyed
             | 'TypedKeys' >> beam.Map(lambda kv: kv).with_output_types(tuple[str, dict])
-            | 'FoldInState' >> beam.ParDo(self._fn).with_outputs('triggers', main='documents'))
+            | 'FoldInState' >> beam.ParDo(self._fn).with_outputs(
+                'triggers', 'audience_changes', main='documents'))
 
 
 def _interactions(element):
@@ -296,6 +309,7 @@ class LiveProfileOutputs(typing.NamedTuple):
   documents: beam.PCollection   # (customer_id, document or None)
   triggers: beam.PCollection    # cart trigger records (schemas/cart_triggers.avsc)
   popularity: beam.PCollection  # (product_id, popularity document)
+  audience_changes: beam.PCollection  # schemas/audience_membership.avsc records (--audiences)
 
 
 class LiveProfiles(beam.PTransform):
@@ -323,4 +337,4 @@ class LiveProfiles(beam.PTransform):
     live = attributed | 'FoldLive' >> FoldLive(self._settings, self._live, self._reference,
                                                self._popularity)
     popularity = attributed | 'LivePopularity' >> LivePopularity(self._live)
-    return LiveProfileOutputs(live.documents, live.triggers, popularity)
+    return LiveProfileOutputs(live.documents, live.triggers, popularity, live.audience_changes)

@@ -42,6 +42,7 @@ EVENTS_ANONYMOUS_UNLINKED = 'events_anonymous_unlinked'
 ANONYMOUS_IDS_RELINKED = 'anonymous_ids_relinked'
 PRODUCTS_NOT_IN_CATALOG = 'events_product_not_in_catalog'
 TRIGGERS_PUBLISHED = 'cart_triggers_published'
+AUDIENCE_CHANGES_PUBLISHED = 'audience_changes_published'
 # Versions of a document replaced by a newer one in the same commit (streaming).
 DOCUMENTS_SUPERSEDED = 'documents_superseded'
 FIRESTORE_COMMITS = 'firestore_commits'

@@ -194,9 +194,10 @@ class FirestoreRetry:
 
 @dataclasses.dataclass(frozen=True)
 class TriggersTopic:
-  """The Pub/Sub topic of cart-abandonment triggers (`--triggers_topic`,
-  `projects/P/topics/T`)."""
+  """A Pub/Sub topic the job publishes to (`projects/P/topics/T`): cart-abandonment triggers
+  (`--triggers_topic`) or audience changes (`--audience_topic`); `option` names it in errors."""
   path: str
+  option: str = 'triggers_topic'
 
   def __post_init__(self):
-    _pubsub_path(self.path, 'topic', 'triggers_topic')
+    _pubsub_path(self.path, 'topic', self.option)

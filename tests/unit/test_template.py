@@ -127,6 +127,8 @@ EXAMPLES = {
     'triggers_topic': (['projects/my-project/topics/cart-triggers'],
                        ['cart-triggers', 'projects/my-project/subscriptions/s',
                         'projects/my-project/topics/', '']),
+    'audience_topic': (['projects/my-project/topics/audience-changes'],
+                       ['audience-changes', 'projects/my-project/subscriptions/s', '']),
     'dedupe_hours': POSITIVE,
     'identity_buffer_hours': POSITIVE,
     'side_input_refresh_minutes': POSITIVE,
