@@ -12,7 +12,7 @@ import apache_beam as beam
 import orjson
 import pytest
 from apache_beam.testing.test_stream import TestStream
-from apache_beam.testing.util import assert_that
+from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 
 import schemas
@@ -199,6 +199,11 @@ def test_a_windowed_trait_decays_in_streaming_and_membership_follows_without_a_n
                                       reference=ReferenceFiles(crm, catalog))
     assert_that(out.documents | beam.Map(_membership), distinct_equal_to(
         [('c9', ('browsers_never_bought',), 2), ('c9', (), 1)]))
+    # Each change recorded once: entered at the first render, exited when the view aged out.
+    assert_that(out.audience_changes | beam.Map(lambda c: (c['customer_id'], c['audience'],
+                                                            c['change'])),
+                equal_to([('c9', 'browsers_never_bought', 'entered'),
+                          ('c9', 'browsers_never_bought', 'exited')]), label='Changes')
 
 
 def test_a_bad_definitions_file_stops_the_job_before_it_starts(tmp_path):
