@@ -108,26 +108,43 @@ class DocumentStore:
         found[raw.found.name.rsplit('/', 1)[1]] = decode_fields(raw.found.fields)
     return found
 
-  async def audience_members(self, audience: str, after: str | None, count: int) -> list[str]:
-    """Up to `count` ids, in id order and after `after`, of the documents whose `audiences` holds
-    `audience`: one RunQuery (array_contains, ordered by document id, projected on the id only, so
-    no document is transferred). Firestore serves it from the automatic single-field
-    array-contains index of `audiences`, whose entries are ordered by document id within a value;
-    no composite index is needed (docs/CONNECTOR.md, "Audience members")."""
+  def members_query(self, audience: str, after: str | None, count: int):
+    """The query audience_members runs: documents whose `audiences` holds `audience`, ordered by
+    document id, after the id `after`, at most `count`, projected on the id only (`select([])`
+    is `__name__` alone: no field is transferred)."""
     from google.cloud.firestore_v1.base_query import FieldFilter
     query = (self._collection_ref()
              .where(filter=FieldFilter('audiences', 'array_contains', audience))
              .order_by('__name__').select([]).limit(count))
-    if after is not None:
-      query = query.start_after({'__name__': after})
+    return query if after is None else query.start_after({'__name__': after})
+
+  async def audience_members(self, audience: str, after: str | None, count: int) -> list[str]:
+    """Up to `count` ids, in id order and after `after`, of the documents whose `audiences` holds
+    `audience`: one RunQuery. Firestore serves it from the automatic single-field array-contains
+    index of `audiences`, whose entries are ordered by document id within a value, so it needs
+    no composite index (docs/CONNECTOR.md, "Audience members")."""
+    query = self.members_query(audience, after, count)
     try:
-      return await asyncio.wait_for(self._ids(query), self._timeout)
+      return await asyncio.wait_for(self._run_for_ids(query), self._timeout)
     except Exception as err:  # any failure or timeout: the app answers 503
       raise StoreUnavailable(f'Firestore query failed: {type(err).__name__}') from err
 
-  @staticmethod
-  async def _ids(query) -> list[str]:
-    return [snapshot.id async for snapshot in query.stream()]
+  async def _run_for_ids(self, query) -> list[str]:
+    """The ids of a RunQuery's results, read from the raw protobuf. Why not `query.stream()`:
+    building a snapshot per result cost three to four times the CPU per id (measured on the
+    emulator, 1,001 ids a page), and that CPU is taken from the send-time lookups sharing the
+    event loop. The query is the library's own (`_to_protobuf` normalises cursor and projection)
+    and so is the call (its GAPIC client, retries, emulator metadata), as in `_get_all`."""
+    responses = await self._client._firestore_api.run_query(
+        request={'parent': f'{self._client._database_string}/documents',
+                 'structured_query': query._to_protobuf()},
+        metadata=self._client._rpc_metadata)
+    ids = []
+    async for response in responses:
+      raw = type(response).pb(response)
+      if raw.HasField('document'):
+        ids.append(raw.document.name.rsplit('/', 1)[1])
+    return ids
 
   async def ping(self, timeout: float = 2.0) -> None:
     collection = self._collection_ref()
