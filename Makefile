@@ -38,6 +38,9 @@ $(BQ_VENV)/.installed: scripts/requirements-bqemulator.txt scripts/install_duckd
 ## (a batch re-run over the same files would otherwise append the same events again).
 ## The sample holds campaign sample-campaign with a 10% holdout; the job is given the same 10%,
 ## and the lift report reads the campaign back from the events table (docs/ENGAGEMENT.md).
+## The job computes the traits and audiences of audiences.example.yaml into every document; the
+## preview prints each audience's size with the job's own rules over the same files
+## (docs/AUDIENCES.md, "Preview"; tests/unit/test_audience_preview.py checks they agree).
 demo: venv
 	$(PY) -m scripts.demo_connector stop --state-dir $(STACK_STATE)
 	$(STACK) stop
@@ -47,9 +50,13 @@ demo: venv
 	  --runner=FnApiRunner --project=demo-local \
 	  --events='$(DATA)/events-*.ndjson.gz' \
 	  --customers=$(DATA)/customers.csv --catalog=$(DATA)/catalog.csv \
-	  --holdout_percent=10 \
+	  --holdout_percent=10 --audiences=audiences.example.yaml \
 	  --temp_location=$(CURDIR)/.localstack/tmp
 	eval "$$($(STACK) env)" && $(PY) -m scripts.show --project=demo-local
+	@echo; echo "Audiences of audiences.example.yaml in the documents above (python -m pipeline.audiences preview):"
+	$(PY) -m pipeline.audiences preview audiences.example.yaml \
+	  --events='$(DATA)/events-*.ndjson.gz' \
+	  --customers=$(DATA)/customers.csv --catalog=$(DATA)/catalog.csv --holdout_percent=10
 	eval "$$($(STACK) env)" && $(PY) -m pipeline.report lift --project=demo-local \
 	  --dataset=personalization --campaign=sample-campaign
 	eval "$$($(STACK) env)" && $(PY) -m scripts.demo_connector start --state-dir $(STACK_STATE)
@@ -82,8 +89,10 @@ test: venv $(JS_DEPS)
 test-unit: venv
 	$(PY) -m pytest tests/unit
 
+## bench: the batch graph against a plain loop at 100,000 events, without and with the shipped
+## audiences.example.yaml (docs/PERFORMANCE.md).
 bench: venv
-	$(PY) -m bench.throughput
+	$(PY) -m bench.throughput --audiences audiences.example.yaml
 
 bench-1m: venv
 	$(PY) -m bench.throughput --events 1000000 --repeat 3

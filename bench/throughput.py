@@ -1,6 +1,7 @@
 """Batch throughput: the graph against a plain-Python loop doing the same work, in one run.
 
     python -m bench.throughput [--events 100000] [--repeat 3] [--workdir bench/results]
+                               [--audiences audiences.example.yaml]
 
 Both sides read the same generated NDJSON.gz file, CRM export and catalog, and do the same work:
 parse and validate every line (transforms.rules.events.parse_event), dead-letter failures,
@@ -12,7 +13,9 @@ letters, hourly rows, documents and triggers as JSON lines to local files. The g
 (WriteToText of line blocks per bundle), on the FnApiRunner. Each side runs in its own process.
 The benchmark checks that both sides produce the same events, dead letters, hourly rows,
 documents and triggers, then prints events/s (median of --repeat runs), the ratio and each
-side's peak memory.
+side's peak memory. With --audiences, every run also does both sides again with the definitions
+file (computed traits and audiences in every document, the same library on both sides), and the
+benchmark prints that ratio and what the definitions add per event on each side.
 """
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ import schemas
 from pipeline import graph
 from pipeline.options import PersonalizationOptions
 from scripts import generate_data
+from transforms.rules.audiences import definitions
+from transforms.rules.audiences.evaluate import Evaluator
 from transforms import reference_data
 from transforms.dedupe import preference_key
 from transforms.rules import activity, dead_letters, events, identity, profile, reference, serving
@@ -95,8 +100,10 @@ def ensure_input(workdir: pathlib.Path, count: int, seed: int) -> tuple[pathlib.
 
 
 def reference_loop(path: pathlib.Path, customers_path: pathlib.Path,
-                   catalog_path: pathlib.Path, out: pathlib.Path) -> dict:
+                   catalog_path: pathlib.Path, out: pathlib.Path,
+                   audiences: str | None = None) -> dict:
   """The same work as the graph, written as a plain loop."""
+  evaluator = Evaluator(definitions.load(audiences)) if audiences else None
   customers = reference_data.read_records(str(customers_path), reference.parse_customer)
   catalog = reference_data.read_records(str(catalog_path), reference.parse_product)
   source = file_source(str(path))
@@ -149,11 +156,11 @@ def reference_loop(path: pathlib.Path, customers_path: pathlib.Path,
                   'pane_index': 0, 'pane_timing': 'ON_TIME', 'emitted_at': emitted}
                  for (hour, key), (count, revenue) in hourly.items()]
   recommender = profile.Recommender(catalog, {pid: len(c) for pid, c in popular.items()})
-  settings = profile.Settings()
+  settings = profile.Settings(audiences=evaluator)
   documents, triggers = [], []
   for cid, evs in by_customer.items():
-    document = profile.render(profile.fold(cid, evs), newest, customers.get(cid), catalog,
-                              recommender, settings)
+    document = profile.render(profile.fold(cid, evs, evaluator, catalog), newest,
+                              customers.get(cid), catalog, recommender, settings)
     documents.append((cid, document))
     trigger = serving.cart_trigger(document, newest) if document is not None else None
     if trigger is not None:
@@ -198,11 +205,12 @@ class _LineBlocksFn(beam.DoFn):
       yield GlobalWindows.windowed_value(block)
 
 
-def graph_options(path: pathlib.Path, customers_path: pathlib.Path, catalog_path: pathlib.Path
-                  ) -> PipelineOptions:
+def graph_options(path: pathlib.Path, customers_path: pathlib.Path, catalog_path: pathlib.Path,
+                  audiences: str | None = None) -> PipelineOptions:
   """The benchmarks' options: the FnApiRunner with one worker, the input files."""
   options = PipelineOptions(flags=[], runner='FnApiRunner', direct_num_workers=1)
   opts = options.view_as(PersonalizationOptions)
+  opts.audiences = audiences
   opts.events = str(path)
   opts.customers = str(customers_path)
   opts.catalog = str(catalog_path)
@@ -220,8 +228,8 @@ def write_lines(out: pathlib.Path, sinks) -> None:
 
 
 def run_graph(path: pathlib.Path, customers_path: pathlib.Path, catalog_path: pathlib.Path,
-              out: pathlib.Path) -> None:
-  options = graph_options(path, customers_path, catalog_path)
+              out: pathlib.Path, audiences: str | None = None) -> None:
+  options = graph_options(path, customers_path, catalog_path, audiences)
   with beam.Pipeline(options=options) as p:
     outputs = graph.build_outputs(p, options.view_as(PersonalizationOptions))
     write_lines(out, (('events', outputs.events, event_line),
@@ -269,25 +277,26 @@ def _peak_rss_mb() -> float:
   return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def _side(side: str, path: pathlib.Path, out: pathlib.Path, results) -> None:
+def _side(side: str, path: pathlib.Path, out: pathlib.Path, results,
+          audiences: str | None = None) -> None:
   """One side, in a fresh process (its own peak memory): (seconds, counts, peak MiB)."""
   shutil.rmtree(out, ignore_errors=True)
   customers, catalog = path.parent / 'customers.csv', path.parent / 'catalog.csv'
   start = time.perf_counter()
   if side == 'loop':
-    counts = reference_loop(path, customers, catalog, out)
+    counts = reference_loop(path, customers, catalog, out, audiences)
   else:
     counts = None
-    run_graph(path, customers, catalog, out)
+    run_graph(path, customers, catalog, out, audiences)
   results.put((time.perf_counter() - start, counts, _peak_rss_mb()))
 
 
-def _in_child(side: str, path: pathlib.Path, out: pathlib.Path):
+def _in_child(side: str, path: pathlib.Path, out: pathlib.Path, audiences: str | None = None):
   """Runs `_side` in a spawned process: each side's peak memory is its own, and neither inherits
   the other's heap. The time is measured inside the child (imports excluded for both)."""
   context = multiprocessing.get_context('spawn')
   results = context.Queue()
-  child = context.Process(target=_side, args=(side, path, out, results))
+  child = context.Process(target=_side, args=(side, path, out, results, audiences))
   child.start()
   outcome = results.get()
   child.join()
@@ -302,12 +311,17 @@ def main(argv=None) -> int:
   parser.add_argument('--repeat', type=int, default=3)
   parser.add_argument('--seed', type=int, default=42)
   parser.add_argument('--workdir', default='bench/results')
+  parser.add_argument('--audiences', default=None,
+                      help='also run both sides with this definitions file (docs/AUDIENCES.md)')
   args = parser.parse_args(argv)
+  if args.audiences:
+    definitions.load(args.audiences)  # a bad file fails here, with its problems
   workdir = pathlib.Path(args.workdir)
   path, manifest = ensure_input(workdir, args.events, args.seed)
   lines = manifest['lines_total']
 
   loop_times, graph_times, loop_peaks, graph_peaks = [], [], [], []
+  audience_loop, audience_graph, with_counts = [], [], None
   for i in range(args.repeat):
     seconds, counts, peak = _in_child('loop', path, workdir / 'out-loop')
     loop_times.append(seconds)
@@ -317,6 +331,14 @@ def main(argv=None) -> int:
     graph_peaks.append(peak)
     print(f'run {i + 1}/{args.repeat}: loop {lines / loop_times[-1]:,.0f} events/s, '
           f'graph {lines / graph_times[-1]:,.0f} events/s', file=sys.stderr)
+    if args.audiences:
+      seconds, with_counts, _ = _in_child('loop', path, workdir / 'out-loop-aud', args.audiences)
+      audience_loop.append(seconds)
+      seconds, _, _ = _in_child('graph', path, workdir / 'out-graph-aud', args.audiences)
+      audience_graph.append(seconds)
+      print(f'run {i + 1}/{args.repeat} with {args.audiences}: loop '
+            f'{lines / audience_loop[-1]:,.0f} events/s, graph {lines / audience_graph[-1]:,.0f} '
+            'events/s', file=sys.stderr)
 
   expected = {'read': lines, 'events': manifest['valid_unique'],
               'dead_letters': manifest['malformed'] + manifest['invalid'],
@@ -327,6 +349,11 @@ def main(argv=None) -> int:
     return 1
   if outputs_fingerprint(workdir / 'out-loop') != outputs_fingerprint(workdir / 'out-graph'):
     print('FAIL: the graph and the loop produced different outputs', file=sys.stderr)
+    return 1
+  if args.audiences and (with_counts != counts or outputs_fingerprint(
+      workdir / 'out-loop-aud') != outputs_fingerprint(workdir / 'out-graph-aud')):
+    print('FAIL: with audiences, the graph and the loop produced different outputs',
+          file=sys.stderr)
     return 1
 
   loop_rate = lines / statistics.median(loop_times)
@@ -340,6 +367,19 @@ def main(argv=None) -> int:
       'loop_seconds': [round(t, 2) for t in loop_times],
       'graph_seconds': [round(t, 2) for t in graph_times],
   }
+  if args.audiences:
+    loop_with, graph_with = statistics.median(audience_loop), statistics.median(audience_graph)
+    result.update({
+        'audiences': args.audiences,
+        'audiences_loop_events_per_s': round(lines / loop_with),
+        'audiences_graph_events_per_s': round(lines / graph_with),
+        'audiences_ratio': round(loop_with / graph_with, 3),
+        'audiences_extra_us_per_event_loop': round(
+            (loop_with - statistics.median(loop_times)) / lines * 1e6, 1),
+        'audiences_extra_us_per_event_graph': round(
+            (graph_with - statistics.median(graph_times)) / lines * 1e6, 1),
+        'audiences_loop_seconds': [round(t, 2) for t in audience_loop],
+        'audiences_graph_seconds': [round(t, 2) for t in audience_graph]})
   (workdir / f'throughput-{lines}.json').write_text(json.dumps(result, indent=2) + '\n')
   print(f'{lines:,} events, median of {args.repeat}: plain loop {loop_rate:,.0f} events/s, '
         f'graph {graph_rate:,.0f} events/s, ratio {graph_rate / loop_rate:.3f} '
@@ -347,6 +387,13 @@ def main(argv=None) -> int:
         f'letters, {counts["hourly"]:,} hourly rows, {counts["documents"]:,} documents); '
         f'peak memory (own process each): loop {result["peak_rss_mb_loop"]:,.0f} MiB, graph '
         f'{result["peak_rss_mb_graph"]:,.0f} MiB')
+  if args.audiences:
+    print(f'with {args.audiences}, median of {args.repeat}: plain loop '
+          f'{result["audiences_loop_events_per_s"]:,} events/s, graph '
+          f'{result["audiences_graph_events_per_s"]:,} events/s, ratio '
+          f'{result["audiences_ratio"]:.3f} (outputs identical); the definitions add '
+          f'{result["audiences_extra_us_per_event_loop"]} us per event to the loop and '
+          f'{result["audiences_extra_us_per_event_graph"]} us to the graph')
   return 0
 
 
