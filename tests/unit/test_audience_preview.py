@@ -351,6 +351,24 @@ def test_progress_goes_to_stderr(tmp_path, capsys, monkeypatch):
                               'preview: 12 lines read from 1 file; folding']
 
 
+def test_the_files_are_read_as_the_jobs_readers_give_them(tmp_path):
+  import fastavro
+  import schemas
+  plain = tmp_path / 'a.ndjson'
+  plain.write_bytes(b'{"a": 1}\r\n\n  \n{"b": 2}')
+  packed = tmp_path / 'b.ndjson.gz'
+  packed.write_bytes(gzip.compress(b'{"c": 3}\n'))
+  avro = tmp_path / 'c.avro'
+  with open(avro, 'wb') as out:
+    fastavro.writer(out, fastavro.parse_schema(schemas.segment_event_avro_schema()),
+                    [{'type': 'page', 'messageId': 'm', 'anonymousId': 'x'}])
+  paths = [path for pattern in (f'{tmp_path}/*.ndjson*', str(avro))
+           for path in cli._matched(pattern, '--events')]
+  assert [(source, orjson.loads(payload)) for payload, source in cli.event_payloads(paths)] == [
+      (f'file:{plain}', {'a': 1}), (f'file:{plain}', {'b': 2}), (f'file:{packed}', {'c': 3}),
+      (f'file:{avro}', {'type': 'page', 'messageId': 'm', 'anonymousId': 'x'})]
+
+
 # --- agreement with the batch job -------------------------------------------------------------
 
 @pytest.fixture(scope='module')

@@ -7,11 +7,12 @@ The steps are the batch job's, as plain loops over the same rule functions:
 - `Sample.add` parses each line (`transforms.rules.events.parse_event`), counts what is invalid
   and keeps one copy per messageId, the one the batch dedupe keeps (`dedupe.preference_key`,
   ties by the encoded record);
-- `render_customers` stitches anonymous events to customers with the batch rule over the whole
-  input (`identity.link`, `wins`, `customer_of`), counts product popularity the way the batch
-  graph does (distinct customers), folds each customer (`profile.fold`, with the computed traits)
-  and renders the document (`profile.render`) at the batch reference time
-  (`Attribution.reference_time`: `--as_of`, else the newest event time);
+- `attribute` stitches anonymous events to customers with the batch rule over the whole input
+  (`identity.link`, `wins`, `customer_of`) and counts product popularity the way the batch graph
+  does (distinct customers);
+- `render_customers` folds each customer (`profile.fold`, with the computed traits) and renders
+  the document (`profile.render`, the recommender ranking by that popularity) at the batch
+  reference time (`Attribution.reference_time`: `--as_of`, else the newest event time);
 - `Estimate` sums the documents up: each audience's size, each trait's distribution.
 
 The sample's unique events are held in memory (encoded, without their `context`, which no rule
@@ -22,7 +23,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import math
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import orjson
 
@@ -176,7 +177,7 @@ class _Distribution:
   def add(self, value: Any, state: Mapping[str, Any] | None) -> None:
     if state is not None:
       self.skipped += state.get('skipped', 0)
-    if value is None or value == [] and self.kind == 'unique_list':
+    if value is None or (self.kind == 'unique_list' and value == []):
       return
     self.with_value += 1
     if self.kind in NUMERIC_KINDS:
