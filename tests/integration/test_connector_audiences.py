@@ -2,6 +2,8 @@
 listings paged by cursor (every member once, in id order), their refusals, auth, metrics and a
 Firestore outage; `fields=traits,audiences` on the personalization endpoint."""
 import asyncio
+import json
+import pathlib
 import random
 import socket
 import threading
@@ -281,11 +283,32 @@ def test_the_query_transfers_no_document_fields(api):
   assert asyncio.run(run()) == [(m, {}) for m in members_of('vip')[:5]]
 
 
+def _all_threads_stopped(local_stack_dir, component) -> bool:
+  """Whether every thread of the component's process group is stopped: SIGSTOP is delivered
+  asynchronously, so the test asks for the state it needs instead of trusting killpg's return."""
+  state = json.loads((local_stack_dir / 'state.json').read_text())
+  pgid = int(state['components'][component]['pgid'])
+  states = []
+  for stat in pathlib.Path('/proc').glob('[0-9]*/task/[0-9]*/stat'):
+    try:
+      fields = stat.read_text().rsplit(')', 1)[1].split()  # state, ppid, pgrp, ...
+    except OSError:  # a thread or process that ended meanwhile
+      continue
+    if int(fields[2]) == pgid:
+      states.append(fields[0])
+  return bool(states) and all(s in 'tT' for s in states)
+
+
 def test_firestore_not_answering_is_503_with_retry_after(api, local_stack_dir):
   client, _ = api
   with paused(local_stack_dir, 'firestore'):
+    deadline = time.monotonic() + 30
+    while not _all_threads_stopped(local_stack_dir, 'firestore'):
+      assert time.monotonic() < deadline, 'the paused emulator did not stop'
+      time.sleep(0.01)
     reply = get(client, MEMBERS.format(key='vip'))
-  assert reply.status_code == 503 and reply.headers['retry-after'] == '1'
+  assert (reply.status_code, reply.headers.get('retry-after')) == (503, '1'), (
+      reply.status_code, reply.text)
   assert reply.json() == {'error': 'unavailable'}
   assert get(client, MEMBERS.format(key='lonely')).json()['members'] == [IDS[42]]
 
