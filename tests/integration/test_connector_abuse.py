@@ -357,7 +357,7 @@ def test_the_route_enumeration_sees_the_api():
 @pytest.mark.parametrize('method, path', routes())
 def test_no_route_but_health_answers_without_a_key(served, method, path):
   client, _, _ = served
-  url = path.format(customer_id='cust-001')
+  url = path.format(customer_id='cust-001', key='vip')
   json_body = {'customer_ids': ['cust-001']} if method == 'POST' else None
   anonymous = client.request(method, url, json=json_body)
   keyed = client.request(method, url, json=json_body, headers=bearer())
@@ -385,7 +385,7 @@ def test_no_api_description_is_served(served, path):
                               ('GET', '/healthz')}])
 def test_unsupported_methods_are_405(served, method, path):
   client, _, _ = served
-  url = path.format(customer_id='cust-001')
+  url = path.format(customer_id='cust-001', key='vip')
   for headers in ({}, bearer()):
     reply = client.request(method, url, headers=headers, content=b'{"customer_ids":["cust-001"]}')
     assert reply.status_code == 405, (method, path, reply.text)
