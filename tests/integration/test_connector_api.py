@@ -1,5 +1,6 @@
 """The send-time API over real HTTP (uvicorn on a free loopback port) against the Firestore
 emulator: shapes, auth, 404s, projection, caching and ETags, batchGet limits, health."""
+import contextlib
 import datetime as dt
 import socket
 import threading
@@ -52,6 +53,14 @@ def api(local_stack):
     db.collection(collection).document(customer_id).set(document(customer_id))
   settings = Settings(project=PROJECT, collection=collection, api_keys=(KEY, OTHER_KEY),
                       cache_ttl_seconds=30, port=_free_port())
+  with serving(settings, timeout=10) as client:
+    yield client, db.collection(collection)
+
+
+@contextlib.contextmanager
+def serving(settings: Settings, timeout: float):
+  """The connector app of `settings` on uvicorn in a thread, until the block ends: an httpx
+  client on it once /healthz answers."""
   server = uvicorn.Server(uvicorn.Config(create_app(settings), host='127.0.0.1',
                                          port=settings.port, log_level='warning'))
   thread = threading.Thread(target=server.run, daemon=True)
@@ -64,10 +73,12 @@ def api(local_stack):
         break
     except httpx.TransportError:
       time.sleep(0.1)
-  with httpx.Client(base_url=base, timeout=10) as client:
-    yield client, db.collection(collection)
-  server.should_exit = True
-  thread.join(timeout=10)
+  try:
+    with httpx.Client(base_url=base, timeout=timeout) as client:
+      yield client
+  finally:
+    server.should_exit = True
+    thread.join(timeout=10)
 
 
 def get(client, path, key=KEY, **kwargs):

@@ -6,21 +6,17 @@ import json
 import pathlib
 import random
 import socket
-import threading
 import time
 import urllib.parse
 
-import httpx
 import pytest
-import uvicorn
 from google.cloud import firestore
 
 from connector import audiences
-from connector.app import create_app
 from connector.config import Settings
 from connector.store import DocumentStore
 from tests.integration.helpers import paused
-from tests.integration.test_connector_api import document
+from tests.integration.test_connector_api import document, serving
 
 PROJECT = 'demo-local'
 KEY = 'k-audiences-0123456789abcdef'
@@ -83,22 +79,8 @@ def api(local_stack):
   batch.commit()
   settings = Settings(project=PROJECT, collection=collection, api_keys=(KEY,),
                       cache_ttl_seconds=30, port=_free_port())
-  server = uvicorn.Server(uvicorn.Config(create_app(settings), host='127.0.0.1',
-                                         port=settings.port, log_level='warning'))
-  thread = threading.Thread(target=server.run, daemon=True)
-  thread.start()
-  base = f'http://127.0.0.1:{settings.port}'
-  deadline = time.monotonic() + 20
-  while time.monotonic() < deadline:
-    try:
-      if httpx.get(base + '/healthz', timeout=1).status_code == 200:
-        break
-    except httpx.TransportError:
-      time.sleep(0.1)
-  with httpx.Client(base_url=base, timeout=30) as client:
+  with serving(settings, timeout=30) as client:
     yield client, db.collection(collection)
-  server.should_exit = True
-  thread.join(timeout=10)
 
 
 def get(client, path, key=KEY, **kwargs):
