@@ -43,12 +43,19 @@ def summary(source_name: str, parsed: definitions.Definitions) -> str:
   return f'{source_name}: ok: {traits}' + (f' ({used})' if used else '') + f', {audiences}'
 
 
-def check(args: argparse.Namespace) -> int:
+def loaded(path: str) -> definitions.Definitions | None:
+  """The checked file, or None after printing every problem on stderr (as `check` does)."""
   try:
-    parsed = definitions.load(args.file)
+    return definitions.load(path)
   except definitions.DefinitionsError as err:
     for line in err.lines():
       print(line, file=sys.stderr)
+    return None
+
+
+def check(args: argparse.Namespace) -> int:
+  parsed = loaded(args.file)
+  if parsed is None:
     return 2
   print(summary(args.file, parsed))
   return 0
@@ -143,11 +150,8 @@ def preview(args: argparse.Namespace) -> int:
   from transforms.rules.audiences import preview as estimate
   from transforms.rules.audiences.evaluate import Evaluator
 
-  try:
-    parsed = definitions.load(args.file)
-  except definitions.DefinitionsError as err:
-    for line in err.lines():
-      print(line, file=sys.stderr)
+  parsed = loaded(args.file)
+  if parsed is None:
     return 2
   try:
     settings = profile.Settings(
