@@ -15,7 +15,7 @@ Which rows are "theirs" (docs/DATA_CONTRACT.md, "Erasure"):
   customer's own events linked to them (stitched anonymous browsing);
 * customer_activity_hourly: identified rows of the customer, unidentified rows of those
   anonymousIds;
-* customer_profiles, cart_triggers: `customer_id`;
+* customer_profiles, cart_triggers, audience_membership: `customer_id`;
 * dead_letter: rows whose payload mentions the customer id or one of those anonymousIds as a JSON
   string (`"c00042"`, anywhere in the payload, also in truncated JSON and in base64 payloads), or,
   for CRM rows (step `ReadCustomers`), as a CSV field. Found by a SQL pre-filter and this module's
@@ -60,8 +60,8 @@ LOG_RECORD = 'erasure_log'
 DEFAULT_CHUNK_SIZE = 500
 FIRESTORE_BATCH_LIMIT = 500
 # Tables in the order their rows are deleted: events last (see the module docstring).
-DELETE_ORDER = ('customer_profiles', 'cart_triggers', 'customer_activity_hourly', 'dead_letter',
-                'events')
+DELETE_ORDER = ('customer_profiles', 'cart_triggers', 'audience_membership',
+                'customer_activity_hourly', 'dead_letter', 'events')
 # Steps whose dead letters are CSV rows of the CRM export (the customer id is a field).
 CSV_CUSTOMER_STEPS = frozenset({'ReadCustomers'})
 
@@ -237,6 +237,8 @@ ROW_RULES = {
                                    identified='customer_id IS NOT NULL'),
     'cart_triggers': TableRule(where='customer_id IN UNNEST(@ids)', key='customer_id',
                                identified='customer_id IS NOT NULL'),
+    'audience_membership': TableRule(where='customer_id IN UNNEST(@ids)', key='customer_id',
+                                     identified='customer_id IS NOT NULL'),
 }
 # dead_letter has no customer column: its rows are matched by payload (dead_letter_mentions).
 DEAD_LETTER_CANDIDATES = (

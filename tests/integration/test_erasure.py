@@ -80,12 +80,15 @@ def world(local_stack, tmp_path_factory):
   manifest = generate_data.generate(data, customers=50, products=30, events=2000, seed=11,
                                     files=1)
   _extra_input(data, manifest)
+  # An audience every customer with a document is in: audience_membership has their rows too.
+  audiences = data / 'audiences.yaml'
+  audiences.write_text("version: 1\naudiences:\n  - key: everyone\n    when: 'customer_id != \"\"'\n")
   name = f'e{uuid.uuid4().hex[:10]}'
   summary = run.run([
       f'--events={data}/events-*.ndjson.gz,{data}/extra.ndjson',
       f'--customers={data}/customers.csv', f'--catalog={data}/catalog.csv',
       f'--project={PROJECT}', '--runner=FnApiRunner', f'--dataset={name}',
-      f'--collection={name}'])
+      f'--collection={name}', f'--audiences={audiences}'])
   assert not summary.problems(), summary.render()
   return name
 
@@ -132,6 +135,8 @@ def _owned(dataset, customer):
                             if p['customer_id'] == customer],
       'cart_triggers': [t for t in _rows(dataset, 'cart_triggers')
                         if t['customer_id'] == customer],
+      'audience_membership': [m for m in _rows(dataset, 'audience_membership')
+                              if m['customer_id'] == customer],
       'dead_letter': [d for d in _rows(dataset, 'dead_letter') if dead_letter_is_theirs(d)],
   }
   return anonymous, {record: collections.Counter(json.dumps(r, sort_keys=True, default=str)
