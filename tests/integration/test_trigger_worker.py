@@ -176,3 +176,30 @@ def test_a_worker_killed_mid_delivery_loses_nothing(local_stack, setup):
   ids = [h[webhooks.ID_HEADER] for h, _ in receiver.requests]
   assert ids[:2] == ['tr-5', 'tr-5']  # redelivered after the crash, same idempotency key
   assert pull_all(dead) == []
+
+
+def test_audience_changes_the_pipeline_publishes_are_delivered_signed_like_triggers(setup):
+  """One delivery mechanism: the job's PublishAudienceChanges (--audience_topic) and this
+  worker deliver Segment's Audience Entered event as a signed webhook, its messageId the
+  idempotency key."""
+  import apache_beam as beam
+  from apache_beam.options.pipeline_options import PipelineOptions
+
+  from transforms.rules.audiences import membership
+  from transforms.settings import TriggersTopic
+  from transforms.sinks.pubsub import PublishAudienceChanges
+  topic, subscription, dead, receiver, settings = setup
+  change = {'customer_id': 'c1', 'audience': 'games_fans', 'change': 'entered',
+            'changed_at': 1_763_000_000_000_000}
+  with beam.Pipeline(options=PipelineOptions(runner='FnApiRunner')) as p:
+    _ = (p | beam.Create([change])
+         | PublishAudienceChanges(TriggersTopic(topic, 'audience_topic')))
+  assert triggers.Worker(settings).run_once() == 1
+  [(headers, received)] = receiver.requests
+  expected = membership.segment_event(change)
+  assert json.loads(received) == expected
+  assert expected['event'] == 'Audience Entered'
+  assert expected['properties'] == {'audience_key': 'games_fans', 'games_fans': True}
+  assert webhooks.verify(SECRET, headers, received)
+  assert headers['Idempotency-Key'] == expected['messageId']
+  assert pull_all(subscription) == [] and pull_all(dead) == []
