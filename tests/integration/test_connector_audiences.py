@@ -5,7 +5,6 @@ import asyncio
 import json
 import pathlib
 import random
-import socket
 import time
 import urllib.parse
 
@@ -16,6 +15,7 @@ from connector import audiences
 from connector.config import Settings
 from connector.store import DocumentStore
 from tests.integration.helpers import paused
+from scripts.demo_connector import free_port
 from tests.integration.test_connector_api import document, serving
 
 PROJECT = 'demo-local'
@@ -54,12 +54,6 @@ def members_of(key: str) -> list[str]:
   return sorted(customer_id for i, customer_id in enumerate(IDS) if key in audiences_of(i))
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 @pytest.fixture(scope='module')
 def api(local_stack):
   collection = f'aud{int(time.time() * 1000)}'
@@ -78,7 +72,7 @@ def api(local_stack):
             {**document('near'), 'audiences': ['VIP', 'everyone_else', 'games_fans_x']})
   batch.commit()
   settings = Settings(project=PROJECT, collection=collection, api_keys=(KEY,),
-                      cache_ttl_seconds=30, port=_free_port())
+                      cache_ttl_seconds=30, port=free_port())
   with serving(settings, timeout=30) as client:
     yield client, db.collection(collection)
 
