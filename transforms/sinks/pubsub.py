@@ -19,15 +19,11 @@ class _PublishFn(beam.DoFn):
   def __init__(self, topic: str, record: str, counter: str = metrics.TRIGGERS_PUBLISHED):
     self._topic = topic
     self._record = record
-    self._counter = counter
-
-  def setup_metrics(self):
-    self._published = metrics.counter(self._counter)
+    self._published = metrics.counter(counter)
 
   def setup(self):
     from google.cloud import pubsub_v1  # honours PUBSUB_EMULATOR_HOST
     self._publisher = pubsub_v1.PublisherClient()
-    self.setup_metrics()
 
   def message(self, record) -> tuple[bytes, str]:
     """(payload, trigger_id attribute) of a record."""

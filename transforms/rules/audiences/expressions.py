@@ -101,7 +101,7 @@ def compile_expression(source: Any, variables: Iterable[str]) -> Compiled:
   try:
     program = _env(declared).compile(text)
   except RuntimeError as err:
-    raise _compile_error(str(err), text, inserted) from None
+    raise _compile_error(str(err), source, text, inserted) from None
   return Compiled(source, variables, program)
 
 
@@ -134,7 +134,9 @@ def _rename_type(source: str) -> tuple[str, list[int]]:
   return ''.join(out), inserted
 
 
-def _compile_error(error: str, text: str, inserted: list[int]) -> ExpressionError:
+def _compile_error(error: str, source: str, text: str, inserted: list[int]) -> ExpressionError:
+  """The runtime's error about `text` (`source` with `type` renamed, `inserted` where) as an
+  ExpressionError positioned in `source`."""
   found = _POSITION.search(error)
   if found is None:
     return ExpressionError(error.strip().splitlines()[0] if error.strip() else 'does not compile')
@@ -145,13 +147,8 @@ def _compile_error(error: str, text: str, inserted: list[int]) -> ExpressionErro
   lines = text.split('\n')
   offset = sum(len(l) + 1 for l in lines[:line - 1]) + column - 1
   offset -= sum(1 for at in inserted if at < offset)
-  before = _unrename(text, inserted)[:offset]
+  before = source[:offset]
   return ExpressionError(message, before.count('\n') + 1, offset - (before.rfind('\n') + 1) + 1)
-
-
-def _unrename(text: str, inserted: list[int]) -> str:
-  kept = set(inserted)
-  return ''.join(c for i, c in enumerate(text) if i not in kept)
 
 
 def plain(value: Any) -> Any:
