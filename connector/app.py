@@ -5,6 +5,7 @@
     POST /v1/personalization:batchGet[?campaign_id=C&email_id=E]   {"customer_ids": [...]}
                                                                     (at most 100)
     GET  /v1/audiences/{key}/members[?limit=N&cursor=C]   ids in an audience, a page at a time
+    GET  /v1/stream[?audience=K&fields=a,b]   profile changes as Server-Sent Events (stream.py)
     GET  /healthz   GET /readyz   GET /metrics
 
 Every endpoint but /healthz and /readyz needs an API key (`Authorization: Bearer KEY` or
@@ -35,7 +36,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest
 
-from connector import audiences, engagement, shaping
+from connector import audiences, engagement, shaping, stream
 from connector.config import Settings
 from connector.exposures import Exposures, ExposureUnavailable
 from connector.store import DocumentStore, StoreUnavailable, TtlCache
@@ -45,6 +46,7 @@ MAX_HEADERS = 100
 MAX_HEADER_BYTES = 16 * 1024
 # The only routes that answer without an API key.
 PUBLIC_PATHS = ('/healthz', '/readyz')
+STREAM_PATH = '/v1/stream'
 _log = logging.getLogger('connector.access')
 # At most one holdout-mismatch warning per this many seconds (the counter counts every one).
 MISMATCH_LOG_SECONDS = 60
@@ -85,6 +87,9 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
                           settings.events_topic,
                           count=lambda result: exposure_results.labels(result).inc())
   mismatch_logged = [float('-inf')]
+  stream_metrics = stream.Metrics.create(registry)
+  changes = (stream.ChangeStream(settings.stream, stream_metrics) if settings.stream.topic
+             else None)
 
   def authorized(request: Request) -> bool:
     header = request.headers.get('authorization', '')
@@ -256,6 +261,27 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
     # A listing changes with every document write: no cache may keep it.
     return _json(200, audiences.page(key, ids, count), {'Cache-Control': 'no-store'})
 
+  @app.get(STREAM_PATH)
+  async def change_stream(request: Request):
+    """Profile changes as Server-Sent Events (connector/stream.py); parameters read here, as
+    text, so a bad one is a 400 like the other endpoints'."""
+    if changes is None:
+      return _json(404, {'error': 'not_found', 'message': 'the live change stream is off here '
+                         '(CONNECTOR_CHANGES_TOPIC is not set)'})
+    query = request.query_params
+    try:
+      wanted = stream.parse_filter(query.getlist('audience'), query.getlist('fields'))
+    except shaping.BadRequest as err:
+      return _json(400, {'error': 'bad_request', 'message': str(err)})
+    # The header first: EventSource sends it on every reconnection, while a query parameter
+    # stays what the URL said when the client first connected.
+    last_event_id = request.headers.get('last-event-id') or query.get('last_event_id')
+    try:
+      return changes.respond(wanted, last_event_id)
+    except stream.Unavailable as err:
+      return _json(503, {'error': 'unavailable', 'message': str(err)},
+                   {'Retry-After': str(err.retry_after)})
+
   @app.get('/healthz')
   async def healthz():
     return _json(200, {'status': 'ok'})
@@ -272,13 +298,21 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
   async def metrics():
     return Response(content=generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+  @app.on_event('startup')
+  async def open_stream():
+    if changes is not None:
+      changes.start()
+
   @app.on_event('shutdown')
   async def close():
+    if changes is not None:
+      await changes.stop()
     await store.close()
     if exposures is not None:
       await exposures.close()
 
   app.state.cache = cache
+  app.state.changes = changes
   return _Observed(app, requests, latency)
 
 
@@ -317,6 +351,8 @@ class _Observed:
       return await self.app(scope, receive, send)
     started = time.perf_counter()
     status = 500
+    # The server's own send, for a stream that must abort its connection (stream.abort).
+    scope[stream.SERVER_SEND] = send
 
     async def sending(message):
       nonlocal status
@@ -336,7 +372,8 @@ class _Observed:
       endpoint = getattr(scope.get('route'), 'path', 'unmatched')
       elapsed = time.perf_counter() - started
       self._requests.labels(endpoint, str(status)).inc()
-      self._latency.labels(endpoint).observe(elapsed)
+      if endpoint != STREAM_PATH or status != 200:  # a stream lasts as long as its client
+        self._latency.labels(endpoint).observe(elapsed)
       if endpoint not in ('/healthz', '/metrics'):
         _log.info('request', extra={'method': scope['method'], 'endpoint': endpoint,
                                     'status': status, 'duration_ms': round(elapsed * 1000, 2)})

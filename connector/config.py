@@ -20,6 +20,47 @@ class ConfigError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
+class StreamSettings:
+  """The live change stream, GET /v1/stream (docs/CONNECTOR.md, "Live change stream"): off
+  without a topic. `queue` also bounds the messages held unacknowledged (connector/stream.py)."""
+  topic: str | None = None
+  buffer: int = 10_000
+  queue: int = 1_000
+  heartbeat_seconds: float = 15.0
+  max_subscribers: int = 100
+
+  def __post_init__(self):
+    if self.topic is not None and not _TOPIC.fullmatch(self.topic):
+      raise ConfigError(f'CONNECTOR_CHANGES_TOPIC must be projects/P/topics/T (the pipeline\'s '
+                        f'--profile_changes_topic), got {self.topic[:200]!r}')
+    for name, value, low, high in (('CONNECTOR_STREAM_BUFFER', self.buffer, 1, 1_000_000),
+                                   ('CONNECTOR_STREAM_QUEUE', self.queue, 10, 100_000),
+                                   ('CONNECTOR_STREAM_MAX_SUBSCRIBERS', self.max_subscribers, 1,
+                                    10_000)):
+      if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f'{name} must be a whole number from {low} to {high}, got {value!r}')
+    seconds = self.heartbeat_seconds
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not (
+        0.1 <= seconds <= 3600):
+      raise ConfigError(f'CONNECTOR_STREAM_HEARTBEAT_SECONDS must be from 0.1 to 3600 seconds, '
+                        f'got {seconds!r}')
+
+  @classmethod
+  def from_env(cls, env) -> 'StreamSettings':
+    def number(name: str, default: str, kind):
+      raw = env.get(name) or default
+      try:
+        return kind(raw)
+      except ValueError:
+        raise ConfigError(f'{name} must be a number, got {raw[:50]!r}') from None
+    return cls(topic=env.get('CONNECTOR_CHANGES_TOPIC') or None,
+               buffer=number('CONNECTOR_STREAM_BUFFER', '10000', int),
+               queue=number('CONNECTOR_STREAM_QUEUE', '1000', int),
+               heartbeat_seconds=number('CONNECTOR_STREAM_HEARTBEAT_SECONDS', '15', float),
+               max_subscribers=number('CONNECTOR_STREAM_MAX_SUBSCRIBERS', '100', int))
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
   project: str
   database: str = '(default)'
@@ -37,6 +78,7 @@ class Settings:
   holdout: Holdout = Holdout()
   events_topic: str | None = None
   exposures_collection: str = 'exposures'
+  stream: StreamSettings = StreamSettings()
 
   def __post_init__(self):
     """The rules that tie settings together hold however Settings was built (from_env or by
@@ -92,7 +134,8 @@ class Settings:
                tracking_base_url=env.get('CONNECTOR_TRACKING_BASE_URL') or None,
                tracking_ttl_days=_ttl_days(env.get('CONNECTOR_TRACKING_TTL_DAYS') or '90'),
                holdout=_holdout(env), events_topic=env.get('CONNECTOR_EVENTS_TOPIC') or None,
-               exposures_collection=env.get('CONNECTOR_EXPOSURES_COLLECTION') or 'exposures')
+               exposures_collection=env.get('CONNECTOR_EXPOSURES_COLLECTION') or 'exposures',
+               stream=StreamSettings.from_env(env))
 
 
 def base_url(raw: str) -> str:
