@@ -112,7 +112,8 @@ def build(p: beam.Pipeline, opts: PersonalizationOptions, project: str) -> Outpu
   rejected = [out.events | 'WriteEvents' >> WriteTable('events', warehouse),
               out.hourly | 'WriteHourlyActivity' >> WriteTable('customer_activity_hourly',
                                                                warehouse)]
-  documents = out.documents | 'WriteDocuments' >> WriteDocuments(cloud.documents, retry)
+  documents = out.documents | 'WriteDocuments' >> WriteDocuments(
+      cloud.documents, retry, cloud.profile_changes_topic)
   rejected.append(documents.dead_letter)
   if out.popularity is not None:
     popularity = out.popularity | 'WritePopularity' >> WriteDocuments(cloud.popularity, retry)

@@ -52,6 +52,7 @@ class CloudSettings(typing.NamedTuple):
   firestore_retry: FirestoreRetry
   triggers_topic: TriggersTopic | None
   audience_topic: TriggersTopic | None
+  profile_changes_topic: TriggersTopic | None
 
 
 class PersonalizationOptions(PipelineOptions):
@@ -167,6 +168,13 @@ class PersonalizationOptions(PipelineOptions):
              'membership (--audiences) as a Segment track event, Audience Entered or Audience '
              'Exited; they always go to the audience_membership table too.')
     parser.add_argument(
+        '--profile_changes_topic', default=None,
+        help='Pub/Sub topic (projects/PROJECT/topics/NAME) that receives one JSON message per '
+             'customer and document write: the fields that changed with their new values, the '
+             "document's version and the audiences entered and exited "
+             '(schemas/profile_change.schema.json). The connector\'s sync worker and live stream '
+             'read it. A write that changes nothing is skipped and publishes nothing.')
+    parser.add_argument(
         '--dataset', default='personalization',
         help='BigQuery dataset of the events, dead_letter and aggregate tables.')
     parser.add_argument(
@@ -221,7 +229,9 @@ class PersonalizationOptions(PipelineOptions):
         firestore_retry=FirestoreRetry(self.firestore_retry_seconds),
         triggers_topic=TriggersTopic(self.triggers_topic) if self.triggers_topic else None,
         audience_topic=(TriggersTopic(self.audience_topic, 'audience_topic')
-                        if self.audience_topic else None))
+                        if self.audience_topic else None),
+        profile_changes_topic=(TriggersTopic(self.profile_changes_topic, 'profile_changes_topic')
+                               if self.profile_changes_topic else None))
 
   def event_sources(self) -> EventSources:
     """Files (--events) and, streaming, the subscription: batch needs files, streaming a

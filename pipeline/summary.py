@@ -98,6 +98,8 @@ class RunSummary:
                         ('customers without a document (consent)', metrics.DOCUMENTS_SUPPRESSED),
                         ('documents deleted (consent withdrawn)', metrics.DOCUMENTS_DELETED),
                         ('writes skipped: stored document newer', metrics.DOCUMENTS_STALE_SKIPPED),
+                        ('writes skipped: same content stored', metrics.DOCUMENTS_UNCHANGED),
+                        ('profile changes published', metrics.PROFILE_CHANGES_PUBLISHED),
                         ('Firestore calls retried (transient errors)', metrics.FIRESTORE_RETRIES),
                         ('cart triggers published', metrics.TRIGGERS_PUBLISHED),
                         ('audience changes published', metrics.AUDIENCE_CHANGES_PUBLISHED)):

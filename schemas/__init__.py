@@ -60,6 +60,18 @@ def customer_document_schema() -> dict:
   return json.loads((SCHEMA_DIR / 'customer_document.schema.json').read_text())
 
 
+@functools.cache
+def profile_change_schema() -> dict:
+  """The profile change message contract (--profile_changes_topic, connector sync and stream)."""
+  return json.loads((SCHEMA_DIR / 'profile_change.schema.json').read_text())
+
+
+@functools.cache
+def profile_change_validator() -> Callable[[Any], Any]:
+  """A compiled validator of profile change messages (raises JsonSchemaValueException)."""
+  return fastjsonschema.compile(profile_change_schema())
+
+
 def served_document_fields() -> tuple[str, ...]:
   """The top-level fields the ESP connector returns, in contract order."""
   return tuple(customer_document_schema()['served'])

@@ -46,5 +46,9 @@ AUDIENCE_CHANGES_PUBLISHED = 'audience_changes_published'
 # Versions of a document replaced by a newer one in the same commit (streaming).
 DOCUMENTS_SUPERSEDED = 'documents_superseded'
 FIRESTORE_COMMITS = 'firestore_commits'
+# A write skipped because the stored document already has the same content (a re-run, a replay).
+DOCUMENTS_UNCHANGED = 'documents_unchanged'
+# Profile change messages published on --profile_changes_topic (one per document write).
+PROFILE_CHANGES_PUBLISHED = 'profile_changes_published'
 # Firestore calls that failed transiently and were retried.
 FIRESTORE_RETRIES = 'firestore_retries'

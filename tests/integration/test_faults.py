@@ -42,8 +42,9 @@ def _batch_args(data, dataset, collection, *extra):
 
 
 def _documents(collection):
-  """Stored documents without `updated_at` (the commit time differs between runs)."""
-  return {d.id: {k: v for k, v in d.to_dict().items() if k != 'updated_at'}
+  """Stored documents without `updated_at` and `version` (commit time and the writer's clock
+  differ between runs)."""
+  return {d.id: {k: v for k, v in d.to_dict().items() if k not in ('updated_at', 'version')}
           for d in firestore.Client(project=PROJECT).collection(collection).stream()}
 
 

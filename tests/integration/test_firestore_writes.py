@@ -68,3 +68,78 @@ def test_streaming_reference_data_reads_popularity_back(local_stack, unique_name
   data = reference_data.load(None, str(catalog), location(unique_name))
   assert [r['product_id'] for r in data.recommender.recommend(['Shoes'], set())] == [
       'p2', 'p1', 'p3']
+
+
+def _pull_all(subscriber, subscription, expect, seconds=20):
+  """Pulls until `expect` messages arrived (or `seconds` passed); acks them."""
+  import time
+  got, deadline = [], time.monotonic() + seconds
+  while len(got) < expect and time.monotonic() < deadline:
+    reply = subscriber.pull(subscription=subscription, max_messages=100, timeout=2)
+    if reply.received_messages:
+      subscriber.acknowledge(subscription=subscription,
+                             ack_ids=[r.ack_id for r in reply.received_messages])
+    got += [r.message for r in reply.received_messages]
+  return got
+
+
+def test_each_write_publishes_its_change_and_a_rerun_writes_and_publishes_nothing(
+    local_stack, unique_name):
+  import orjson
+  from google.cloud import pubsub_v1
+
+  import schemas
+  from transforms.settings import TriggersTopic
+  topic = f'projects/{PROJECT}/topics/{unique_name}'
+  subscription = f'projects/{PROJECT}/subscriptions/{unique_name}'
+  pubsub_v1.PublisherClient().create_topic(name=topic)
+  subscriber = pubsub_v1.SubscriberClient()
+  subscriber.create_subscription(name=subscription, topic=topic)
+  changes_topic = TriggersTopic(topic, 'profile_changes_topic')
+
+  def profile(segment, at, audiences, ltv):
+    return {'customer_id': 'x', 'segment': segment, 'last_event_at': at,
+            'orders': {'count': 1, 'lifetime_value': ltv}, 'audiences': audiences}
+
+  def write(pairs):
+    with batch_pipeline() as p:
+      out = p | beam.Create(pairs) | WriteDocuments(location(unique_name),
+                                                    changes_topic=changes_topic)
+      assert_that(out.changes | beam.Map(lambda c: c['customer_id']),
+                  equal_to(sorted(c for c, d in pairs if c in expect_changed)), label='Changes')
+
+  first = [('c1', profile('active', T1, ['vip'], 10.0)), ('c2', profile('vip', T1, [], 5.0))]
+  expect_changed = {'c1', 'c2'}
+  write(first)
+  messages = _pull_all(subscriber, subscription, 2)
+  bodies = {m.attributes['customer_id']: orjson.loads(m.data) for m in messages}
+  assert set(bodies) == {'c1', 'c2'}
+  for message in messages:
+    body = schemas.profile_change_validator()(orjson.loads(message.data))
+    assert message.attributes['change_id'] == body['change_id']
+  assert bodies['c1']['changed'] == {'segment': 'active', 'last_event_at': T1.isoformat(),
+                                     'orders.count': 1, 'orders.lifetime_value': 10.0}
+  assert bodies['c1']['audiences'] == {'entered': ['vip'], 'exited': []}
+  versions = {c: d['version'] for c, d in stored(unique_name).items()}
+  assert versions == {c: bodies[c]['version'] for c in ('c1', 'c2')}
+
+  # The same documents again (a re-run): nothing written, nothing published, versions kept.
+  expect_changed = set()
+  write(first)
+  assert {c: d['version'] for c, d in stored(unique_name).items()} == versions
+
+  # c1 leaves the audience and its lifetime value moves; c2 withdraws consent.
+  expect_changed = {'c1', 'c2'}
+  write([('c1', profile('active', T2, [], 12.5)), ('c2', None)])
+  messages = _pull_all(subscriber, subscription, 2)
+  bodies = {m.attributes['customer_id']: orjson.loads(m.data) for m in messages}
+  assert bodies['c1']['changed'] == {'last_event_at': T2.isoformat(),
+                                     'orders.lifetime_value': 12.5}
+  assert bodies['c1']['audiences'] == {'entered': [], 'exited': ['vip']}
+  assert bodies['c1']['version'] > versions['c1']
+  assert stored(unique_name)['c1']['version'] == bodies['c1']['version']
+  assert bodies['c2']['deleted'] is True and bodies['c2']['changed'] == {}
+  assert bodies['c2']['version'] > versions['c2']
+  # Nothing else: the re-run published nothing (the pipeline has finished: all it published is
+  # in the subscription already).
+  assert _pull_all(subscriber, subscription, 1, seconds=3) == []

@@ -129,6 +129,8 @@ EXAMPLES = {
                         'projects/my-project/topics/', '']),
     'audience_topic': (['projects/my-project/topics/audience-changes'],
                        ['audience-changes', 'projects/my-project/subscriptions/s', '']),
+    'profile_changes_topic': (['projects/my-project/topics/profile-changes'],
+                              ['profile-changes', 'projects/my-project/subscriptions/s', '']),
     'dedupe_hours': POSITIVE,
     'identity_buffer_hours': POSITIVE,
     'side_input_refresh_minutes': POSITIVE,

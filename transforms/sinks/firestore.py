@@ -1,4 +1,5 @@
-"""Firestore serving layer: one document per customer, written in batched commits."""
+"""Firestore serving layer: one document per customer, written in batched commits, and the
+profile change each write makes (schemas/profile_change.schema.json)."""
 from __future__ import annotations
 
 import logging
@@ -11,8 +12,9 @@ from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as api_retry
 
 from transforms import metrics
+from transforms.rules import changes as profile_changes
 from transforms.rules import dead_letters
-from transforms.settings import FirestoreLocation, FirestoreRetry
+from transforms.settings import FirestoreLocation, FirestoreRetry, TriggersTopic
 
 MAX_BATCH_WRITES = 500  # Firestore's limit of writes per commit.
 INVALID_DOCUMENT_ID = 'invalid_document_id'
@@ -75,16 +77,25 @@ class _CommitBatchFn(beam.DoFn):
 
   Monotonic and idempotent: the batch first reads the stored documents (one `get_all`), skips a
   document whose stored `last_event_at` is newer (a replay or a retry of older state never moves
-  it back), and commits with preconditions: `create` for a new document, `update` (every
-  top-level field, so the result is the new document) or `delete` guarded by the stored
-  `update_time`. If a document changed in between, the commit fails as a whole and the batch is
-  read and tried again. Chosen over one transaction per document: one read and one commit per
-  500 documents instead of 500 round trips.
+  it back) or whose content is the same (a re-run writes nothing), and commits with
+  preconditions: `create` for a new document, `update` (every top-level field, so the result is
+  the new document) or `delete` guarded by the stored `update_time`. If a document changed in
+  between, the commit fails as a whole and the batch is read and tried again. Chosen over one
+  transaction per document: one read and one commit per 500 documents instead of 500 round trips.
 
-  Outputs `(document id, document, written_at)` for every document written.
+  Each write gets `version` = max(stored version + 1, now in micros) and makes one profile
+  change (transforms/rules/changes.py). With a changes topic, the batch's changes are published
+  *before* the commit and the commit waits for them: a failure after the publish retries the
+  bundle, which re-reads the stored documents and publishes the same change (same `change_id`)
+  again or, if the commit had landed, nothing; a change is never lost, at worst repeated.
+
+  Outputs `(document id, document, written_at)` for every document written, and the change
+  records on the `changes` tag.
   """
 
-  def __init__(self, location: FirestoreLocation, retry: FirestoreRetry):
+  def __init__(self, location: FirestoreLocation, retry: FirestoreRetry,
+               changes_topic: str | None = None):
+    self._changes_topic = changes_topic
     self._retry_seconds = retry.seconds
     self._project = location.project
     self._database = location.database
@@ -96,9 +107,15 @@ class _CommitBatchFn(beam.DoFn):
     self._commits = metrics.counter(metrics.FIRESTORE_COMMITS)
     self._superseded = metrics.counter(metrics.DOCUMENTS_SUPERSEDED)
     self._retries = metrics.counter(metrics.FIRESTORE_RETRIES)
+    self._unchanged = metrics.counter(metrics.DOCUMENTS_UNCHANGED)
+    self._published = metrics.counter(metrics.PROFILE_CHANGES_PUBLISHED)
 
   def setup(self):
     from google.cloud import firestore  # honours FIRESTORE_EMULATOR_HOST
+    self._publisher = None
+    if self._changes_topic is not None:
+      from google.cloud import pubsub_v1  # honours PUBSUB_EMULATOR_HOST
+      self._publisher = pubsub_v1.PublisherClient()
     self._client = firestore.Client(project=self._project, database=self._database)
     self._server_time = firestore.SERVER_TIMESTAMP
     # Transient errors are retried with exponential backoff and jitter (google.api_core) for at
@@ -121,7 +138,7 @@ class _CommitBatchFn(beam.DoFn):
       self._superseded.inc(len(batch) - len(latest))
     for attempt in range(1, MAX_PRECONDITION_ATTEMPTS + 1):
       try:
-        written, deleted, stale = self._commit(latest)
+        written, deleted, stale, unchanged, changes = self._commit(latest)
         break
       except _RACE as err:
         if attempt == MAX_PRECONDITION_ATTEMPTS:
@@ -136,30 +153,43 @@ class _CommitBatchFn(beam.DoFn):
     self._written.inc(len(written))
     self._deleted.inc(deleted)
     self._stale.inc(stale)
+    self._unchanged.inc(unchanged)
     now = time.time_ns() // 1000
     for doc_id, document in written:
       yield doc_id, document, now
+    for change in changes:
+      yield beam.pvalue.TaggedOutput('changes', change)
 
   def _commit(self, latest: dict):
     collection = self._client.collection(self._collection)
     refs = {doc_id: collection.document(doc_id) for doc_id in latest}
+    # Whole documents: the change of each write is its difference from the stored one.
     stored = {snap.id: snap for snap in self._client.get_all(
-        list(refs.values()), field_paths=['last_event_at'], retry=self._retry,
-        timeout=self._call_timeout)}
+        list(refs.values()), retry=self._retry, timeout=self._call_timeout)}
     writes = self._client.batch()
-    written, deleted, stale = [], 0, 0
+    written, changes, deleted, stale, unchanged = [], [], 0, 0, 0
+    now = time.time_ns() // 1000
     for doc_id, document in latest.items():
       snapshot = stored.get(doc_id)
       exists = snapshot is not None and snapshot.exists
+      before = snapshot.to_dict() if exists else None
       if document is None:
         if exists:
           writes.delete(refs[doc_id],
                         option=self._client.write_option(last_update_time=snapshot.update_time))
           deleted += 1
+          changes.append(profile_changes.profile_change(
+              doc_id, before, None, profile_changes.next_version(before.get('version'), now), now))
         continue
-      if exists and is_stale(snapshot.get('last_event_at'), document.get('last_event_at')):
+      if exists and is_stale(before.get('last_event_at'), document.get('last_event_at')):
         stale += 1
         continue
+      if profile_changes.same_content(before, document):
+        unchanged += 1
+        continue
+      version = profile_changes.next_version(before.get('version') if exists else None, now)
+      document = {**document, profile_changes.VERSION: version}
+      changes.append(profile_changes.profile_change(doc_id, before, document, version, now))
       data = {**document, 'updated_at': self._server_time}
       if exists:
         writes.update(refs[doc_id], data,
@@ -168,8 +198,21 @@ class _CommitBatchFn(beam.DoFn):
         writes.create(refs[doc_id], data)
       written.append((doc_id, document))
     if written or deleted:
+      self._publish(changes)
       writes.commit(retry=self._retry, timeout=self._call_timeout)
-    return written, deleted, stale
+    return written, deleted, stale, unchanged, changes
+
+  def _publish(self, changes: list) -> None:
+    """Publishes the batch's changes and waits for every one (a failure fails the bundle)."""
+    if self._publisher is None or not changes:
+      return
+    futures = [self._publisher.publish(self._changes_topic, orjson.dumps(change),
+                                       change_id=change['change_id'],
+                                       customer_id=change['customer_id'])
+               for change in changes]
+    for future in futures:
+      future.result(timeout=60)
+    self._published.inc(len(futures))
 
   def teardown(self):
     if self._client is not None:
@@ -179,6 +222,7 @@ class _CommitBatchFn(beam.DoFn):
 class _WriteOutputs(typing.NamedTuple):
   written: beam.PCollection
   dead_letter: beam.PCollection
+  changes: beam.PCollection  # profile change records, one per document write
 
 
 class WriteDocuments(beam.PTransform):
@@ -188,15 +232,20 @@ class WriteDocuments(beam.PTransform):
   A document replaces the stored one (unless the stored one reflects newer events) and gets
   `updated_at` = commit time; None deletes the stored document (consent withdrawn). Output: a
   tuple with `written` — `(document id, document, written_at micros)` per document written — and
-  `dead_letter` for ids Firestore cannot store. Honours FIRESTORE_EMULATOR_HOST. Transient
+  `dead_letter` for ids Firestore cannot store, and `changes`, the profile change of each write
+  (schemas/profile_change.schema.json), also published on `changes_topic` when one is given.
+  A document with the same content as the stored one is not written. Honours
+  FIRESTORE_EMULATOR_HOST and PUBSUB_EMULATOR_HOST. Transient
   Firestore errors are retried with backoff for up to `retry.seconds` (counted in
   `firestore_retries`); after that the bundle fails with FirestoreUnavailable, never silently.
   """
 
-  def __init__(self, location: FirestoreLocation, retry: FirestoreRetry = FirestoreRetry()):
+  def __init__(self, location: FirestoreLocation, retry: FirestoreRetry = FirestoreRetry(),
+               changes_topic: TriggersTopic | None = None):
     super().__init__()
     self._location = location
     self._retry = retry
+    self._changes_topic = changes_topic.path if changes_topic is not None else None
 
   def expand(self, pcoll):
     checked = pcoll | 'CheckIds' >> beam.ParDo(_CheckIdFn()).with_outputs(
@@ -204,5 +253,7 @@ class WriteDocuments(beam.PTransform):
     written = (checked.documents
                | 'Batch' >> beam.BatchElements(min_batch_size=MAX_BATCH_WRITES,
                                                max_batch_size=MAX_BATCH_WRITES)
-               | 'Commit' >> beam.ParDo(_CommitBatchFn(self._location, self._retry)))
-    return _WriteOutputs(written, checked.dead_letter)
+               | 'Commit' >> beam.ParDo(_CommitBatchFn(
+                   self._location, self._retry, self._changes_topic)).with_outputs(
+                       'changes', main='written'))
+    return _WriteOutputs(written.written, checked.dead_letter, written.changes)
