@@ -460,11 +460,16 @@ class PubSubSource:
     self._runner = asyncio.ensure_future(self._run())
 
   async def _run(self) -> None:
-    delay = BACKOFF_SECONDS
+    restarting = False
     while not self._stopping:
       instance = new_instance()
       self._hub.begin(instance)
+      if restarting:  # not in a tight loop if the pull fails as soon as it starts
+        await asyncio.to_thread(self._delete)
+        await asyncio.sleep(BACKOFF_SECONDS)
+      restarting = True
       name = subscription_name(self._settings.topic, instance)
+      delay = BACKOFF_SECONDS
       while not self._stopping:
         try:
           await asyncio.to_thread(self._create, name)
@@ -476,7 +481,6 @@ class PubSubSource:
           delay = min(delay * 2, BACKOFF_MAX_SECONDS)
       if self._stopping:
         return
-      delay = BACKOFF_SECONDS
       self._subscription = name
       self._pull = self._client.subscribe(name, self._received, flow_control=self._flow(),
                                           scheduler=self._scheduler())
@@ -488,9 +492,6 @@ class PubSubSource:
         _log.error('change stream pull ended (%s: %s): starting over', type(err).__name__,
                    str(err)[:200])
       self._hub.ready = False
-      if not self._stopping:
-        await asyncio.to_thread(self._delete)
-        await asyncio.sleep(delay)
 
   def _flow(self):
     from google.cloud import pubsub_v1
@@ -517,11 +518,14 @@ class PubSubSource:
       pass
 
   def _delete(self) -> None:
+    from google.api_core import exceptions
     if self._client is None or self._subscription is None:
       return
     try:
       self._client.delete_subscription(request={'subscription': self._subscription},
                                        timeout=PUBSUB_TIMEOUT_SECONDS)
+    except exceptions.NotFound:  # already gone (deleted from outside, or expired)
+      pass
     except Exception as err:  # its expiration policy removes it after a day without pulls
       _log.warning('stream subscription %s not deleted (%s)', self._subscription,
                    type(err).__name__)
