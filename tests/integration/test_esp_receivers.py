@@ -20,11 +20,16 @@ OPTIONS = {'braze': {'batch_size': 3}, 'klaviyo': {'poll_seconds': 0.01, 'batch_
            'iterable': {'batch_size': 3}}
 
 
+def local_client(receiver, timeout=5.0):
+  """Plain HTTP to 127.0.0.1: verify=False skips loading a CA bundle (~0.15 s per client)."""
+  return httpx.Client(base_url=receiver.base_url, timeout=timeout, verify=False)
+
+
 @pytest.fixture(params=sorted(RECEIVERS))
 def esp(request):
   """(vendor adapter, running receiver, httpx client) for each vendor."""
   type_ = request.param
-  with RECEIVERS[type_](KEY) as receiver, httpx.Client(base_url=receiver.base_url, timeout=5) as client:
+  with RECEIVERS[type_](KEY) as receiver, local_client(receiver) as client:
     yield destinations.make(type_, OPTIONS[type_]), receiver, client
 
 
@@ -77,7 +82,7 @@ def test_adapter_requests_are_accepted_and_partial_failures_reported(esp):
 def test_klaviyo_import_errors_are_paginated_and_polls_until_complete():
   vendor = destinations.make('klaviyo', {'poll_seconds': 0.01})
   with KlaviyoReceiver(KEY, polls_until_complete=3, errors_page_size=2) as receiver, \
-      httpx.Client(base_url=receiver.base_url, timeout=5) as client:
+      local_client(receiver) as client:
     receiver.reject_items(['c001', 'c003', 'c005', 'c007', 'c008'])
     finals, statuses = deliver(client, vendor, customers(9))
     assert [sorted(item.customer_id for item, _ in verdict.failed) for verdict in finals] == [
@@ -161,7 +166,7 @@ def test_over_limit_batches_get_the_documented_4xx(esp):
 ])
 def test_body_shape_breaks_get_400(type_, body, extra_headers):
   vendor = destinations.make(type_)
-  with RECEIVERS[type_](KEY) as receiver, httpx.Client(base_url=receiver.base_url, timeout=5) as client:
+  with RECEIVERS[type_](KEY) as receiver, local_client(receiver) as client:
     request = vendor.requests(customers(1))[0]
     content = request.body if body is None else json.dumps(body).encode()
     answer = client.post(request.path, content=content,
@@ -172,7 +177,7 @@ def test_body_shape_breaks_get_400(type_, body, extra_headers):
 
 def test_braze_non_fatal_errors_name_the_index():
   vendor = destinations.make('braze')
-  with BrazeReceiver(KEY) as receiver, httpx.Client(base_url=receiver.base_url, timeout=5) as client:
+  with BrazeReceiver(KEY) as receiver, local_client(receiver) as client:
     body = {'attributes': [{'external_id': 'c1', 'a': 1}, {'a': 2}, {'external_id': 'c3', '$bad': 1}]}
     answer = client.post('/users/track', json=body, headers=vendor.auth_headers(KEY))
     assert answer.status_code == 201
@@ -186,7 +191,7 @@ def test_braze_non_fatal_errors_name_the_index():
 
 def test_iterable_refuses_a_changed_field_type_and_malformed_user_ids():
   vendor = destinations.make('iterable')
-  with IterableReceiver(KEY) as receiver, httpx.Client(base_url=receiver.base_url, timeout=5) as client:
+  with IterableReceiver(KEY) as receiver, local_client(receiver) as client:
     deliver(client, vendor, [Item('c1', {'score': 1})])
     finals, _ = deliver(client, vendor, [Item('c2', {'score': 'high'}), Item('c3 ', {'score': 2})])
     assert [(item.customer_id, reason) for item, reason in finals[0].failed] == [
@@ -220,7 +225,7 @@ def test_429_with_retry_after_then_5xx_then_success(esp):
 
 def test_klaviyo_polls_can_be_failed_separately():
   vendor = destinations.make('klaviyo', {'poll_seconds': 0.01})
-  with KlaviyoReceiver(KEY) as receiver, httpx.Client(base_url=receiver.base_url, timeout=5) as client:
+  with KlaviyoReceiver(KEY) as receiver, local_client(receiver) as client:
     receiver.fail_next(1, 429, retry_after=1, on='poll')
     submit = vendor.requests(customers(1))[0]
     poll = vendor.verdict(submit, 202, {}, send(client, vendor, submit).content, time.time()).follow_up
@@ -251,7 +256,7 @@ def test_a_held_request_whose_client_left_is_not_accepted():
   with BrazeReceiver(KEY) as receiver:
     receiver.hang_next()
     request = vendor.requests(customers(2))[0]
-    with httpx.Client(base_url=receiver.base_url, timeout=0.3) as impatient, pytest.raises(httpx.ReadTimeout):
+    with local_client(receiver, timeout=0.3) as impatient, pytest.raises(httpx.ReadTimeout):
       send(impatient, vendor, request)
     receiver.release()
     assert receiver.wait_finished(1)
@@ -262,7 +267,7 @@ def test_a_held_request_whose_client_left_is_not_accepted():
 
 def test_delay_adds_latency_and_wrong_routes_are_refused():
   vendor = destinations.make('iterable')
-  with IterableReceiver(KEY) as receiver, httpx.Client(base_url=receiver.base_url, timeout=5) as client:
+  with IterableReceiver(KEY) as receiver, local_client(receiver) as client:
     receiver.delay(0.2)
     started = time.monotonic()
     assert send(client, vendor, vendor.requests(customers(1))[0]).status_code == 200
@@ -270,3 +275,19 @@ def test_delay_adds_latency_and_wrong_routes_are_refused():
     receiver.delay(0)
     assert client.get('/api/users/bulkUpdate', headers=vendor.auth_headers(KEY)).status_code == 405
     assert client.post('/api/users/update', headers=vendor.auth_headers(KEY)).status_code == 404
+
+
+def test_many_small_requests_stay_fast_and_repeats_show_in_the_log():
+  """200 keep-alive requests: a receiver answering in separate writes without TCP_NODELAY would
+  take ~40 ms each (Nagle and delayed ACK); here the whole run takes a fraction of a second."""
+  vendor = destinations.make('braze', {'batch_size': 10})
+  with BrazeReceiver(KEY) as receiver, local_client(receiver) as client:
+    batch = customers(2_000)
+    started = time.monotonic()
+    finals, _ = deliver(client, vendor, batch)
+    assert time.monotonic() - started < 4
+    assert len(finals) == 200 and not any(verdict.failed for verdict in finals)
+    send(client, vendor, vendor.requests(batch[:3])[0])  # a retry of the same items
+    assert len(receiver.accepted()) == 2_000
+    log = receiver.accepted_log()
+    assert len(log) == 2_003 and [customer_id for customer_id, _ in log[-3:]] == ['c000', 'c001', 'c002']

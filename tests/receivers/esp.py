@@ -23,6 +23,7 @@ import collections
 import copy
 import dataclasses
 import datetime
+import http
 import http.server
 import json
 import math
@@ -430,7 +431,7 @@ class BrazeReceiver(Receiver):
     # "429 Rate Limited: Over rate limit"; "5XX Internal Server Error: retry with exponential
     # backoff" (https://www.braze.com/docs/api/errors/). Braze does not document Retry-After; it
     # is sent when programmed.
-    message = 'Rate Limited' if status == 429 else 'Internal Server Error'
+    message = 'Rate Limited' if status == 429 else _phrase(status)
     answer = _Answer(status, {'message': message, 'errors': []})
     if status == 429:
       answer.headers['X-RateLimit-Remaining'] = '0'
@@ -645,7 +646,9 @@ class KlaviyoReceiver(Receiver):
                            f'Request was throttled. Expected available in {_seconds(wait)} second(s).')
       answer.headers['Retry-After'] = _seconds(wait)
       return answer
-    return self._error(status, 'error', 'A server error occurred.', 'Please try again later.')
+    if status >= 500:
+      return self._error(status, 'error', 'A server error occurred.', 'Please try again later.')
+    return self._error(status, 'invalid', _phrase(status), _phrase(status))
 
   def _rate_headers(self, status, answer_headers):
     # Non-429 answers carry RateLimit-Limit, RateLimit-Remaining and RateLimit-Reset (seconds
@@ -912,7 +915,7 @@ class IterableReceiver(Receiver):
     if status == 429:
       return _Answer(429, {'msg': 'Exceeded rate limit for endpoint: /api/users/bulkUpdate',
                            'code': 'RateLimitExceeded', 'params': None})
-    return _Answer(status, {'msg': 'Internal error', 'code': 'GenericError', 'params': None})
+    return _Answer(status, {'msg': _phrase(status), 'code': 'GenericError', 'params': None})
 
   def _bad(self, code, message):
     # 400 "Invalid parameters" with an IterableApiResponse body {msg, code, params}
@@ -1048,6 +1051,13 @@ def _media(headers: Mapping[str, str]) -> str:
 
 def _get(obj: object, key: str) -> object:
   return obj.get(key) if isinstance(obj, dict) else None
+
+
+def _phrase(status: int) -> str:
+  try:
+    return http.HTTPStatus(status).phrase
+  except ValueError:
+    return f'HTTP {status}'
 
 
 def _seconds(value: float) -> str:
