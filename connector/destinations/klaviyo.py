@@ -175,9 +175,9 @@ class Klaviyo:
       return base.Verdict(base.RETRY, reason=f'job {job_id}: unreadable import-errors page')
     errors = errors + tuple(_error(entry) for entry in data)
     following = _dig(parsed, 'links', 'next')
-    if isinstance(following, str) and following:
-      parts = urllib.parse.urlsplit(following)
-      path = parts.path + (f'?{parts.query}' if parts.query else '')
+    parts = urllib.parse.urlsplit(following) if isinstance(following, str) else None
+    path = parts.path + (f'?{parts.query}' if parts.query else '') if parts and parts.path else None
+    if path and path != request.path:  # a `next` naming this very page would loop: it ends the list
       return base.Verdict(base.FOLLOW_UP, follow_up=self._get(request, path, (_JOB, job_id, failed_count, errors)),
                           reason=f'job {job_id}: {len(errors)} import errors so far')
     failed = _match(request.items, errors, failed_count)

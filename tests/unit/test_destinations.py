@@ -262,6 +262,16 @@ def test_klaviyo_poll_chain_end_to_end_with_paginated_import_errors():
       ('c00001', 'bad locale'), ('c00003', 'bad phone'), ('c00004', 'x for <email>')]
 
 
+def test_klaviyo_a_next_link_to_the_same_page_ends_the_list():
+  vendor = destinations.make('klaviyo')
+  poll = step(vendor, vendor.requests(items(2))[0], 202, klaviyo_job('queued')).follow_up
+  page = step(vendor, poll, 200, klaviyo_job('complete', failed_count=1)).follow_up
+  same = {'data': [import_error('bad', external_id='c00001')],
+          'links': {'next': 'https://a.klaviyo.com' + page.path}}
+  done = step(vendor, page, 200, same)
+  assert done.kind == ACCEPTED and [item.customer_id for item, _ in done.failed] == ['c00001']
+
+
 def test_klaviyo_complete_without_failures_is_accepted_and_cancelled_is_permanent():
   vendor = destinations.make('klaviyo')
   poll = step(vendor, vendor.requests(items(2))[0], 202, klaviyo_job('queued')).follow_up
