@@ -469,21 +469,21 @@ class PubSubSource:
         await asyncio.sleep(BACKOFF_SECONDS)
       restarting = True
       name = subscription_name(self._settings.topic, instance)
+      self._subscription = name  # before it exists: a stop while it is being made deletes it
       delay = BACKOFF_SECONDS
       while not self._stopping:
         try:
           await asyncio.to_thread(self._create, name)
+          self._pull = self._client.subscribe(name, self._received, flow_control=self._flow(),
+                                              scheduler=self._scheduler())
           break
         except Exception as err:  # Pub/Sub unreachable or refusing: the API serves on; retried
-          _log.warning('stream subscription not created (%s: %s), retrying in %.0f s',
+          _log.warning('stream subscription not made or not pulled (%s: %s), retrying in %.0f s',
                        type(err).__name__, str(err)[:200], delay)
           await asyncio.sleep(delay)
           delay = min(delay * 2, BACKOFF_MAX_SECONDS)
       if self._stopping:
         return
-      self._subscription = name
-      self._pull = self._client.subscribe(name, self._received, flow_control=self._flow(),
-                                          scheduler=self._scheduler())
       self._hub.ready = True
       _log.info('change stream on: %s', name)
       try:
