@@ -31,7 +31,8 @@ AS_OF = '2026-11-20T00:00:00+00:00'
 KEYS = {'BRAZE_TEST_KEY': 'braze-rest-key-0123456789', 'KLAVIYO_TEST_KEY': 'pk_test_0123456789abc',
         'ITERABLE_TEST_KEY': 'iterable-key-0123456789'}
 FIELDS = {'segment': 'segment', 'orders.lifetime_value': 'lifetime_value',
-          'traits.orders_90d': 'orders_90d', 'cart.item_count': 'cart_items'}
+          'traits.spend_14d': 'spend_14d', 'traits.favourite_category': 'favourite_category',
+          'cart.item_count': 'cart_items'}
 
 
 def wait(predicate, timeout, what, every=0.1):
@@ -186,6 +187,8 @@ def test_a_batch_run_then_the_worker_then_a_run_that_changes_one_customer(
     with gzip.open(data / 'events-extra.ndjson.gz', 'wb') as out:
       out.write(orjson.dumps(event) + b'\n')
     logs_before = {kind: len(r.accepted_log()) for kind, r in receivers.items()}
+    acked_before = worker.metric('sync_messages_total', result='acked')
+    assert acked_before == len(expected)  # the first run: one change per customer
     batch_run(data, unique_name, paths['changes'][0])
     after = documents(unique_name)
     changed = {c for c in after if expected_attributes(after[c]) != expected[c]}
@@ -200,6 +203,8 @@ def test_a_batch_run_then_the_worker_then_a_run_that_changes_one_customer(
       assert [c for c, _ in new] == [customer], kind
       assert new[0][1] == sent, kind  # only the attributes that changed
       assert receiver.accepted()[customer] == expected_attributes(after[customer])
+    # The re-run published one change, that customer's: the others' documents did not change.
+    assert worker.metric('sync_messages_total', result='acked') == acked_before + 1
     assert worker.metric('sync_items_dead_lettered_total') == 0
   finally:
     assert worker.stop() == 0

@@ -107,3 +107,22 @@ def test_the_bucket_never_allows_more_than_burst_plus_rate_times_t(rate, burst):
       assert j - i + 1 <= burst + rate * (starts[j] - start) + 1e-6
   # And it is not slower than the rate either: 200 requests take (200 - burst) / rate.
   assert starts[-1] == pytest.approx((200 - burst) / rate)
+
+
+def test_the_example_config_is_valid_for_every_vendor():
+  import pathlib
+
+  from connector.sync.__main__ import vendors
+  example = pathlib.Path(__file__).parents[2] / 'sync.example.yaml'
+  env = {'BRAZE_REST_API_KEY': 'b' * 32, 'KLAVIYO_PRIVATE_API_KEY': 'pk_' + 'k' * 32,
+         'ITERABLE_API_KEY': 'i' * 32}
+  parsed = config.load(example, env)
+  assert [d.type for d in parsed.destinations] == ['braze', 'klaviyo', 'iterable']
+  assert set(vendors(parsed)) == {'braze', 'klaviyo', 'iterable'}
+
+
+def test_a_mapping_a_vendor_refuses_fails_at_start():
+  from connector.sync.__main__ import vendors
+  parsed = config.parse(raw_config(fields={'segment': '$segment'}), ENV)
+  with pytest.raises(ConfigError, match=r"destination 'braze': attribute '\$segment'"):
+    vendors(parsed)
