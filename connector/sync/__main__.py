@@ -75,14 +75,40 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     pass
 
 
+def _backfill(config, worker: Worker, name: str, store: StateStore, clients) -> int:
+  from google.cloud import firestore  # honours FIRESTORE_EMULATOR_HOST
+  destination = next(d for d in config.destinations if d.name == name)
+  client = firestore.Client(project=config.project, database=config.database)
+  documents = ((snapshot.id, snapshot.to_dict()) for snapshot in
+               client.collection(config.documents_collection).stream())
+  try:
+    counts = worker.backfill(destination, documents)
+  finally:
+    worker.close()
+    client.close()
+    store.close()
+    for http in clients.values():
+      http.close()
+  print(f'backfill {name}: {counts["documents"]:,} documents read, '
+        f'{counts["customers_incomplete"]:,} customers incomplete (retries ran out: run it again)')
+  return 1 if counts['customers_incomplete'] else 0
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog='python -m connector.sync', description=__doc__)
   parser.add_argument('--config', required=True, help='the sync config file (YAML)')
+  parser.add_argument('--backfill', metavar='DESTINATION', default=None,
+                      help="send DESTINATION every mapped attribute of the stored documents "
+                           "(documents_collection) it has not received, then exit; for a new "
+                           "destination or a reset one (docs/DESTINATIONS.md, 'Operations')")
   args = parser.parse_args(argv)
   logs.configure()
   try:
     config = sync_config.load(args.config)
     adapters = vendors(config)
+    if args.backfill is not None and args.backfill not in adapters:
+      raise ConfigError(f'--backfill {args.backfill!r}: no such destination in {args.config} '
+                        f'({", ".join(adapters)})')
   except ConfigError as err:
     print(f'error: {err}', file=sys.stderr)
     return 2
@@ -97,6 +123,8 @@ def main(argv=None) -> int:
   store = StateStore(config.project, config.database, config.state_collection)
   publisher = pubsub_v1.PublisherClient()
   worker = Worker(config, senders, store, publisher, metrics, limiters)
+  if args.backfill is not None:
+    return _backfill(config, worker, args.backfill, store, clients)
 
   _Handler.worker, _Handler.metrics = worker, metrics
   try:
@@ -120,6 +148,17 @@ def main(argv=None) -> int:
 
   stream = subscriber.subscribe(config.subscription, callback=arrived, flow_control=flow)
   stop = threading.Event()
+  lost = []
+
+  def on_stream_end(future):
+    # The pull ended by itself (subscription deleted, permissions, a fatal error): stop, exit 1,
+    # and let the process manager restart the worker.
+    if not stop.is_set():
+      lost.append(future.exception() if not future.cancelled() else 'cancelled')
+      _log.error('the subscription stream ended; stopping', extra={'error': str(lost[0])[:500]})
+      stop.set()
+
+  stream.add_done_callback(on_stream_end)
 
   def on_signal(signum, _frame):
     _log.info('stopping after the batch in hand', extra={'signal': signum})
@@ -133,6 +172,7 @@ def main(argv=None) -> int:
   try:
     worker.run(stop)
   finally:
+    stop.set()
     stream.cancel()
     worker.close()
     server.shutdown()
@@ -141,7 +181,7 @@ def main(argv=None) -> int:
       client.close()
   # Whatever was pulled but not handled stays unacknowledged: Pub/Sub redelivers it.
   _log.info('sync worker stopped')
-  return 0
+  return 1 if lost else 0
 
 
 if __name__ == '__main__':

@@ -67,6 +67,7 @@ class SyncConfig:
   project: str
   database: str = '(default)'
   state_collection: str = 'sync_state'
+  documents_collection: str = 'customers'   # read by --backfill only
   batch_seconds: float = 1.0
   max_batch: int = 1000
   ack_deadline_seconds: int = 60
@@ -183,8 +184,8 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> SyncConfig:
   if not isinstance(raw, Mapping):
     raise ConfigError('the sync config must be a YAML mapping')
   _known(raw, {'subscription', 'dead_letter_topic', 'destinations', 'project', 'database',
-               'state_collection', 'batch_seconds', 'max_batch', 'ack_deadline_seconds',
-               'listen'}, 'sync config')
+               'state_collection', 'documents_collection', 'batch_seconds', 'max_batch',
+               'ack_deadline_seconds', 'listen'}, 'sync config')
   subscription = str(_require(raw, 'subscription', 'sync config'))
   match = _SUBSCRIPTION.fullmatch(subscription)
   if not match:
@@ -204,12 +205,15 @@ def parse(raw: Any, env: Mapping[str, str] | None = None) -> SyncConfig:
   if not where or not 0 <= int(where['port']) <= 65535:
     raise ConfigError(f'listen must be HOST:PORT, got {listen!r}')
   collection = str(raw.get('state_collection', 'sync_state'))
-  if not collection or '/' in collection:
-    raise ConfigError('state_collection must be a top-level collection id (no `/`)')
+  documents = str(raw.get('documents_collection', 'customers'))
+  for key, value in (('state_collection', collection), ('documents_collection', documents)):
+    if not value or '/' in value:
+      raise ConfigError(f'{key} must be a top-level collection id (no `/`)')
   return SyncConfig(
       subscription=subscription, dead_letter_topic=topic, destinations=destinations,
       project=str(raw.get('project') or match.group(1)),
       database=str(raw.get('database', '(default)')), state_collection=collection,
+      documents_collection=documents,
       batch_seconds=float(_number(raw.get('batch_seconds', 1.0), 'batch_seconds')),
       max_batch=int(_number(raw.get('max_batch', 1000), 'max_batch', minimum=1, integer=True,
                             strict=False)),

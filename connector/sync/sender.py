@@ -20,6 +20,9 @@ from connector.sync.limiter import TokenBucket
 
 _log = logging.getLogger('connector.sync')
 MAX_RESPONSE_CHARS = 2000
+# Follow-ups of one request at most (Klaviyo job polls and import-error pages): a job that never
+# completes leaves its items to come back rather than holding the destination for ever.
+MAX_FOLLOW_UPS = 600
 
 
 @dataclasses.dataclass
@@ -79,7 +82,7 @@ class Sender:
 
   def _send(self, request: base.Request, delivery: Delivery) -> None:
     name = self._destination.name
-    attempt = 0
+    attempt = follow_ups = 0
     while True:
       status, headers, body, reason = None, {}, b'', ''
       self._limiter.acquire()
@@ -108,6 +111,13 @@ class Sender:
         self._metrics.failed.labels(name).inc(len(refused))
         return
       if verdict.kind == base.FOLLOW_UP:
+        follow_ups += 1
+        if follow_ups > MAX_FOLLOW_UPS:
+          _log.warning('a job did not complete: its items stay unacknowledged and come back',
+                       extra={'destination': name, 'follow_ups': MAX_FOLLOW_UPS,
+                              'items': len(request.items)})
+          delivery.exhausted.extend(request.items)
+          return
         if verdict.follow_up_delay:
           self._sleep(verdict.follow_up_delay)
         request, attempt = verdict.follow_up, 0

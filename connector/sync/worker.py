@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 import schemas
 from connector.destinations import base
+from transforms.rules import changes as profile_changes
 from connector.sync import plan
 from connector.sync.config import Destination, SyncConfig
 from connector.sync.sender import Delivery, Failure, Sender
@@ -134,7 +135,7 @@ class Worker:
       self._metrics.deletions.inc(len(deleted))
       for customer in deleted:
         del pending[customer]
-    futures = [self._pool.submit(self._sync, destination, pending)
+    futures = [self._pool.submit(self._sync_or_nack, destination, pending)
                for destination in self._config.destinations]
     complete = all(f.result() for f in futures)
     for received in valid:
@@ -144,6 +145,16 @@ class Worker:
     _log.info('batch handled', extra={'messages': len(batch), 'customers': len(pending),
                                       'complete': complete})
     return complete
+
+  def _sync_or_nack(self, destination: Destination, pending: Mapping[str, plan.Pending]) -> bool:
+    """`_sync`, with a failure of the state store or the dead-letter topic (after their own
+    retries) logged and the batch left to come back, instead of ending the worker."""
+    try:
+      return self._sync(destination, pending)
+    except Exception:  # noqa: BLE001 (the batch is nacked and comes back; nothing is dropped)
+      _log.exception('destination failed; the batch is nacked and comes back',
+                     extra={'destination': destination.name})
+      return False
 
   def _sync(self, destination: Destination, pending: Mapping[str, plan.Pending]) -> bool:
     """One destination's part of a batch; False when some items must come back later."""
@@ -180,6 +191,35 @@ class Worker:
       self._metrics.exhausted.labels(name).inc(len(delivery.exhausted))
       return False
     return True
+
+  # ---- backfill -----------------------------------------------------------------------------
+
+  def backfill(self, destination: Destination, documents, chunk: int = 500) -> dict:
+    """Sends one destination every mapped attribute of `documents` ((customer id, stored
+    document) pairs) it has not received: a new destination, or one whose state was deleted.
+    The same rules as the stream: state per attribute, nothing sent twice, rate limit, retries,
+    dead letters. Returns counts; `incomplete` customers' retries ran out (run it again)."""
+    counts = {'documents': 0, 'customers_incomplete': 0}
+    now = time.time_ns() // 1000
+
+    def flush(rows):
+      made = [profile_changes.profile_change(c, None, d, d.get('version') or 1, now)
+              for c, d in rows]
+      pending = plan.coalesce(c for c in made if c is not None)
+      if not self._sync_or_nack(destination, pending):
+        counts['customers_incomplete'] += len(pending)
+      counts['documents'] += len(rows)
+      _log.info('backfill progress', extra={'destination': destination.name, **counts})
+
+    rows = []
+    for customer_id, document in documents:
+      rows.append((customer_id, document))
+      if len(rows) >= chunk:
+        flush(rows)
+        rows = []
+    if rows:
+      flush(rows)
+    return counts
 
   # ---- dead letters -------------------------------------------------------------------------
 

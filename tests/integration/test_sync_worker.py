@@ -294,3 +294,43 @@ def test_the_rate_limit_holds_at_the_receiver_and_a_429_storm_backs_off_and_reco
     assert KEYS['BRAZE_TEST_KEY'] not in dead[0].message.data.decode()
   finally:
     assert worker.stop() == 0
+
+
+def test_a_backfill_sends_a_new_destination_what_it_lacks_once(local_stack, unique_name, tmp_path,
+                                                               receivers):
+  braze = receivers['braze']
+  paths = pubsub(unique_name)
+  collection = firestore.Client(project=PROJECT).collection(unique_name)
+  stored = {f'b{i}': {'customer_id': f'b{i}', 'segment': 'vip', 'version': 5 + i,
+                      'orders': {'count': i, 'lifetime_value': 10.0 * i},
+                      'traits': {'spend_14d': 1.5 * i}, 'audiences': ['shoes_fans'] if i else []}
+            for i in range(3)}
+  for customer, document in stored.items():
+    collection.document(customer).set(document)
+  worker = Worker(tmp_path, unique_name, paths, [destination('braze', braze)],
+                  documents_collection=unique_name)
+
+  def backfill():
+    return subprocess.run([sys.executable, '-m', 'connector.sync', '--config', str(worker.config),
+                           '--backfill', 'braze'], cwd=ROOT, env={**os.environ, **KEYS},
+                          capture_output=True, text=True, timeout=120)
+
+  done = backfill()
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'backfill braze: 3 documents read, 0 customers incomplete' in done.stdout
+  assert braze.accepted() == {c: expected_attributes(d) for c, d in stored.items()}
+  requests = len(braze.recorded)
+  assert backfill().returncode == 0
+  assert len(braze.recorded) == requests  # the second backfill had nothing to send
+
+
+def test_the_worker_exits_non_zero_when_its_subscription_goes(local_stack, unique_name, tmp_path,
+                                                              receivers):
+  paths = pubsub(unique_name)
+  worker = Worker(tmp_path, unique_name, paths, [destination('braze', receivers['braze'])]).start()
+  pubsub_v1.SubscriberClient().delete_subscription(subscription=paths['changes'][1])
+  try:
+    assert worker.process.wait(60) == 1
+  finally:
+    worker.stop()
+  assert 'the subscription stream ended' in worker.log.read_text()
