@@ -258,13 +258,17 @@ def test_a_killed_worker_loses_nothing_and_resends_nothing_accepted(
 
 def test_the_rate_limit_holds_at_the_receiver_and_a_429_storm_backs_off_and_recovers(
     local_stack, unique_name, tmp_path, receivers):
-  iterable, braze = receivers['iterable'], receivers['braze']
+  iterable, braze, klaviyo = receivers['iterable'], receivers['braze'], receivers['klaviyo']
   paths = pubsub(unique_name)
   rate, burst = 8.0, 2
   worker = Worker(tmp_path, unique_name, paths, [
       destination('braze', braze, rate_limit={'requests_per_second': rate, 'burst': burst}),
-      destination('iterable', iterable, max_attempts=12)], batch_seconds=0.5)
+      destination('iterable', iterable, max_attempts=12),
+      destination('klaviyo', klaviyo, timeout_seconds=1.0, options={'poll_seconds': 0.1})],
+      batch_seconds=0.5)
   iterable.fail_next(6, 429, retry_after=0.2)
+  klaviyo.fail_next(2, 503)  # two 503s, then a job request that times out on the worker's side
+  klaviyo.hang_next(1)
   braze.reject_items(['r0007'], 'bad attribute value')
   worker.start()
   try:
@@ -284,6 +288,12 @@ def test_the_rate_limit_holds_at_the_receiver_and_a_429_storm_backs_off_and_reco
     assert worker.metric('sync_requests_retried_total', destination='iterable', status='429') == 6
     assert worker.metric('sync_items_sent_total', destination='iterable') == len(customers)
     assert worker.metric('sync_items_dead_lettered_total', destination='braze') == 1
+    wait(lambda: len(klaviyo.accepted()) == len(customers), 60, 'klaviyo to recover')
+    jobs = [r for r in klaviyo.recorded if r.method == 'POST']
+    assert [r.status for r in jobs[:3]] == [503, 503, None]  # the third timed out
+    assert jobs[3:] and all(r.status == 202 for r in jobs[3:])
+    assert worker.metric('sync_requests_retried_total', destination='klaviyo', status='error') == 1
+    assert worker.metric('sync_requests_retried_total', destination='klaviyo', status='503') == 2
     dead = pubsub_v1.SubscriberClient().pull(subscription=paths['dead'][1], max_messages=10,
                                              timeout=10).received_messages
     assert len(dead) == 1
