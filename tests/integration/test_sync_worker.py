@@ -344,3 +344,24 @@ def test_the_worker_exits_non_zero_when_its_subscription_goes(local_stack, uniqu
   finally:
     worker.stop()
   assert 'the subscription stream ended' in worker.log.read_text()
+
+
+def test_a_batch_coalesces_each_customer_and_an_older_version_is_never_sent_after_a_newer(
+    local_stack, unique_name, tmp_path, receivers):
+  iterable = receivers['iterable']
+  paths = pubsub(unique_name)
+  topic = paths['changes'][0]
+  for version in (2, 3, 1):  # out of order, all in one batch
+    publish_changes(topic, ['c1', 'c2'], version)
+  worker = Worker(tmp_path, unique_name, paths, [destination('iterable', iterable)],
+                  batch_seconds=1.0).start()
+  try:
+    wait(lambda: len(iterable.accepted()) == 2, 30, 'both customers')
+    assert [(c, a['segment']) for c, a in iterable.accepted_log()] == [('c1', 'c1-3'),
+                                                                       ('c2', 'c2-3')]
+    assert len(iterable.recorded) == 1  # one request for the whole batch
+    publish_changes(topic, ['c1'], 2)  # a late redelivery of an older version
+    wait(lambda: worker.metric('sync_messages_total', result='acked') == 7, 30, 'the late one')
+    assert len(iterable.recorded) == 1 and iterable.accepted()['c1']['segment'] == 'c1-3'
+  finally:
+    assert worker.stop() == 0
