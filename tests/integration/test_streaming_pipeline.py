@@ -1,14 +1,24 @@
 """The streaming pipeline against the emulators: Pub/Sub in, BigQuery and Firestore out, on the
-BundleBasedDirectRunner, stopped cleanly."""
+BundleBasedDirectRunner, stopped cleanly; its profile changes reach an SSE subscriber of the
+connector's GET /v1/stream within a second of each Firestore write."""
 import collections
+import json
+import statistics
 import time
 
 import orjson
-from google.cloud import firestore
+import pytest
+from google.cloud import firestore, pubsub_v1
 
+from connector.config import Settings, StreamSettings
+from connector.stream import streamed_fields
 from pipeline import run
 from scripts import publish
+from scripts.demo_connector import free_port
 from tests.integration.helpers import stop_streaming, wait_for
+from tests.integration.test_connector_api import serving
+from tests.integration.test_connector_stream import AUTH, KEY, Reader, wait_until
+from transforms.rules import changes as profile_changes
 from transforms.sinks import bigquery_client
 
 PROJECT = 'demo-local'
@@ -33,7 +43,69 @@ def _count(bq, table):
   return list(bq.query(f'SELECT COUNT(*) AS n FROM `{table}`').result())[0]['n']
 
 
-def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_name, tmp_path):
+class _Commits:
+  """Each write of a collection's documents as the Firestore client sees it (a snapshot
+  listener): (document id, version) -> `updated_at`, the commit time, in epoch seconds. A write
+  replaced before the listener heard of it is missing."""
+
+  def __init__(self, collection):
+    self.times: dict[tuple[str, int], float] = {}
+    self._watch = collection.on_snapshot(self._heard)
+
+  def _heard(self, _snapshots, changes, _read_time):
+    for change in changes:
+      document = change.document.to_dict() if change.type.name != 'REMOVED' else None
+      if document and 'version' in document:
+        self.times[(change.document.id, document['version'])] = (
+            document['updated_at'].timestamp())
+
+  def close(self):
+    self._watch.unsubscribe()
+
+
+@pytest.fixture
+def change_stream(local_stack, unique_name):
+  """The connector with GET /v1/stream on a fresh profile changes topic and one SSE subscriber
+  reading it, opened before the job starts (so it sees every write), plus the commits of the
+  `unique_name` collection: (topic, reader, commits)."""
+  topic = publish.topic_path(PROJECT, f'{unique_name}-changes')
+  pubsub_v1.PublisherClient().create_topic(name=topic)
+  settings = Settings(project=PROJECT, collection=unique_name, api_keys=(KEY,), port=free_port(),
+                      stream=StreamSettings(topic, heartbeat_seconds=0.5))
+  with serving(settings, timeout=10) as client:
+    def ready():  # 503 until the connector's subscription on the topic exists
+      with client.stream('GET', '/v1/stream', headers=AUTH) as response:
+        return response.status_code == 200
+    wait_until(ready, 20, 'the stream subscription')
+    commits = _Commits(firestore.Client(project=PROJECT).collection(unique_name))
+    reader = Reader(str(client.base_url))
+    try:
+      yield topic, reader, commits
+    finally:
+      reader.close()
+      commits.close()
+
+
+def _received(reader) -> dict[str, list[tuple[dict, float]]]:
+  """customer id -> [(change, arrival time)] of the reader's profile_change events, by version."""
+  got = collections.defaultdict(list)
+  for event in list(reader.events):
+    if event.get('event') == 'profile_change':
+      change = json.loads(event['data'])
+      got[change['customer_id']].append((change, event['arrived']))
+  return {customer: sorted(items, key=lambda item: item[0]['version'])
+          for customer, items in got.items()}
+
+
+def _served(document) -> dict:
+  """The document's fields a change may show, flattened as in a change's `changed`."""
+  return {name: value for name, value in profile_changes.flatten(document).items()
+          if name.partition('.')[0] in streamed_fields()}
+
+
+def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_name, tmp_path,
+                                                         change_stream):
+  changes_topic, reader, commits = change_stream
   topic, subscription = publish.ensure_topic_and_subscription(
       PROJECT, f'{unique_name}-events', f'{unique_name}-pipeline')
   # A file read in the same graph (a backfill): one new event, and one copy of a live event.
@@ -43,7 +115,8 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
       '--streaming', f'--subscription={subscription}', f'--project={PROJECT}',
       '--runner=BundleBasedDirectRunner', f'--dataset={unique_name}',
       f'--collection={unique_name}', f'--events={backfill}',
-      f'--popularity_collection={unique_name}-popularity'])
+      f'--popularity_collection={unique_name}-popularity',
+      f'--profile_changes_topic={changes_topic}'])
   try:
     good = [_event(i, f'c{i % 3}') for i in range(30)]
     messages = good + good[:5] + [b'{"type": "track", "messageId": "bad-1"', b'not json']
@@ -104,3 +177,45 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
   finally:
     stop_streaming(result, topic)
   assert str(result.state).endswith('CANCELLED')
+
+  # The change stream: the job is stopped, so the documents have settled. The subscriber got each
+  # customer's changes, the last one carrying the stored document's version.
+  stored = {d.id: d.to_dict() for d in db.collection(unique_name).stream()}
+
+  def settled():
+    got = _received(reader)
+    last = {customer: items[-1][0]['version'] for customer, items in got.items()}
+    return got if all(last.get(c) == d['version'] for c, d in stored.items()) else None
+
+  received = wait_until(settled, 5, 'the last change of every document')
+  assert set(received) == set(stored)
+  delays = []
+  for customer, document in sorted(stored.items()):
+    got = received[customer]
+    assert len({change['change_id'] for change, _ in got}) == len(got)  # each change once
+    last, _ = got[-1]
+    served = _served(document)
+    assert last['deleted'] is False and last['changed']
+    assert all(served.get(name) == value for name, value in last['changed'].items())
+    # From nothing (the collection is new), the changes in version order make the document.
+    replayed, audiences = {}, set()
+    for change, _ in got:
+      replayed.update(change['changed'])
+      audiences = (audiences | set(change['audiences']['entered'])) - set(
+          change['audiences']['exited'])
+    names = set(replayed) | set(served)
+    assert {n: replayed.get(n) for n in names} == {n: served.get(n) for n in names}
+    assert audiences == set(document.get('audiences') or ())
+    # Write to receipt: the commit time of each write the listener heard of (the last one always
+    # read from the stored document) against the time the event arrived.
+    committed = {version: at for (c, version), at in commits.times.items() if c == customer}
+    committed[document['version']] = document['updated_at'].timestamp()
+    delays += [(customer, change['version'], arrived - committed[change['version']])
+               for change, arrived in got if change['version'] in committed]
+  seconds = [delay for _, _, delay in delays]
+  print(f'\nchange stream, Firestore commit to SSE subscriber: {len(delays)} of '
+        f'{sum(map(len, received.values()))} changes measured ({len(stored)} customers), median '
+        f'{statistics.median(seconds) * 1000:.0f} ms, max {max(seconds) * 1000:.0f} ms')
+  for customer, version, delay in delays:
+    print(f'  {customer} version {version}: {delay * 1000:.0f} ms')
+  assert max(seconds) < 1.0
