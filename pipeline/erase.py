@@ -1,13 +1,15 @@
 """Erasure (right to be forgotten): `python -m pipeline.erase --project P (--customer_id ID ... |
 --customer_ids_file FILE) [--dataset personalization] [--collection customers]
-[--firestore_database '(default)'] [--dry_run]`.
+[--firestore_database '(default)'] [--sync_state_collection sync_state] [--dry_run]`.
 
-Deletes a customer's serving document (`<collection>/<customer_id>` in Firestore) and their rows in
-every warehouse table (one DML `DELETE` per table for a chunk of customers, ids passed as query
-parameters, never spliced into SQL), then records one `erasure_log` row per customer
-(`schemas/erasure_log.avsc`). The input is the customer id (the Segment userId), never an email.
-Running it again deletes nothing more and logs again with zero counts, so a failed run is simply
-run again.
+Deletes a customer's serving document (`<collection>/<customer_id>` in Firestore), the sync
+worker's state of them for every destination (`<sync_state_collection>/<destination>/customers/
+<customer_id>`, connector/sync/state.py) and their rows in every warehouse table (one DML
+`DELETE` per table for a chunk of customers, ids passed as query parameters, never spliced into
+SQL), then records one `erasure_log` row per customer (`schemas/erasure_log.avsc`; it has no
+column for the sync state, which the summary and the log lines report). The input is the
+customer id (the Segment userId), never an email. Running it again deletes nothing more and logs
+again with zero counts, so a failed run is simply run again.
 
 Which rows are "theirs" (docs/DATA_CONTRACT.md, "Erasure"):
 
@@ -21,9 +23,9 @@ Which rows are "theirs" (docs/DATA_CONTRACT.md, "Erasure"):
   for CRM rows (step `ReadCustomers`), as a CSV field. Found by a SQL pre-filter and this module's
   `dead_letter_mentions`, deleted by payload hash.
 
-Order: Firestore first (what ESPs read at send time), then the tables derived from events, and
-`events` last, because the links to anonymousIds live there: a run that fails half-way still
-finds them when it is run again.
+Order: Firestore first (the serving documents, what ESPs read at send time, then the sync
+state), then the tables derived from events, and `events` last, because the links to
+anonymousIds live there: a run that fails half-way still finds them when it is run again.
 
 Exit codes: 0 done (also when there was nothing to delete), 1 a BigQuery or Firestore call failed
 (the chunk being erased is not logged; run again), 2 bad arguments or input.
@@ -59,6 +61,10 @@ TOOL_VERSION = f'pipeline.erase/{VERSION}'
 LOG_RECORD = 'erasure_log'
 DEFAULT_CHUNK_SIZE = 500
 FIRESTORE_BATCH_LIMIT = 500
+# The sync worker's state (connector/sync/state.py): one document per destination and customer
+# at <collection>/<destination>/customers/<customer_id>; the default is the worker's.
+DEFAULT_SYNC_STATE_COLLECTION = 'sync_state'
+SYNC_STATE_CUSTOMERS = 'customers'
 # Tables in the order their rows are deleted: events last (see the module docstring).
 DELETE_ORDER = ('customer_profiles', 'cart_triggers', 'audience_membership',
                 'customer_activity_hourly', 'dead_letter', 'events')
@@ -89,8 +95,9 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
   parser = _Parser(
       prog='python -m pipeline.erase',
-      description='Erase customers: their Firestore document and their rows in every BigQuery '
-                  'table, logged in the erasure_log table. Idempotent.')
+      description='Erase customers: their Firestore document, the sync worker\'s state of '
+                  'them and their rows in every BigQuery table, logged in the erasure_log '
+                  'table. Idempotent.')
   parser.add_argument('--project', default=os.environ.get('GOOGLE_CLOUD_PROJECT'),
                       help='Google Cloud project (default: $GOOGLE_CLOUD_PROJECT).')
   parser.add_argument('--dataset', default='personalization',
@@ -98,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
   parser.add_argument('--collection', default='customers',
                       help='Firestore collection of the serving documents.')
   parser.add_argument('--firestore_database', default='(default)', help='Firestore database id.')
+  parser.add_argument('--sync_state_collection', default=DEFAULT_SYNC_STATE_COLLECTION,
+                      help='Firestore collection of the sync worker\'s state (its config\'s '
+                           'state_collection): the customer\'s state under every destination '
+                           'in it is deleted.')
   ids = parser.add_mutually_exclusive_group(required=True)
   ids.add_argument('--customer_id', action='extend', nargs='+', metavar='ID',
                    help='Customer id(s) to erase (the Segment userId); repeatable.')
@@ -116,9 +127,12 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   args = build_parser().parse_args(list(argv))
   if not args.project:
     raise UsageError('--project is required (or set GOOGLE_CLOUD_PROJECT)')
-  for name in ('dataset', 'collection', 'firestore_database'):
+  for name in ('dataset', 'collection', 'firestore_database', 'sync_state_collection'):
     if not getattr(args, name).strip():
       raise UsageError(f'--{name} must not be blank')
+  if '/' in args.sync_state_collection:
+    raise UsageError('--sync_state_collection must be a top-level collection id (no "/"), got '
+                     f'{args.sync_state_collection!r}')
   if args.chunk_size < 1:
     raise UsageError(f'--chunk_size must be at least 1, got {args.chunk_size}')
   if args.customer_ids_file is not None:
@@ -269,15 +283,20 @@ class CustomerResult:
   document_deleted: bool = False
   anonymous_ids: int = 0
   rows: dict[str, int] = dataclasses.field(default_factory=dict)
+  # Destinations whose sync-state document of the customer existed (and was deleted).
+  sync_states: list[str] = dataclasses.field(default_factory=list)
 
 
 class Eraser:
-  """Erases chunks of customers in one dataset and Firestore collection, and logs each."""
+  """Erases chunks of customers in one dataset, Firestore collection and sync-state collection,
+  and logs each."""
 
   def __init__(self, project: str, dataset: str, collection: str, database: str,
-               dry_run: bool, bq: bigquery.Client, fs):
+               dry_run: bool, bq: bigquery.Client, fs,
+               sync_state_collection: str = DEFAULT_SYNC_STATE_COLLECTION):
     self.project, self.dataset = project, dataset
     self.collection, self.database = collection, database
+    self.sync_state_collection = sync_state_collection
     self.dry_run = dry_run
     self._bq, self._fs = bq, fs
     self.run_id = uuid.uuid4().hex
@@ -324,6 +343,9 @@ class Eraser:
     existed = self._firestore(ids)
     for cid in ids:
       results[cid].document_deleted = cid in existed
+    states = self._sync_state(ids)
+    for cid in ids:
+      results[cid].sync_states = states.get(cid, [])
     if not self.dry_run:
       for record in self.tables:  # DELETE_ORDER: events last
         affected = self._delete(record, ids, anonymous_ids, plans[record])
@@ -409,6 +431,38 @@ class Eraser:
         batch.commit()
     return existed
 
+  def destinations(self) -> list[str]:
+    """The destinations in the sync-state collection: its documents, also those that exist only
+    as parents of their `customers` subcollection (the worker never writes the parent)."""
+    return sorted(ref.id for ref in self._fs.collection(self.sync_state_collection)
+                  .list_documents())
+
+  def _sync_state(self, ids: Sequence[str]) -> dict[str, list[str]]:
+    """Deletes the customers' sync-state documents under every destination (unless a dry run);
+    returns customer id -> the destinations whose document existed. Listed again for every
+    chunk, so a destination the worker starts during a long run is not missed."""
+    destinations = self.destinations()
+    refs = [self._fs.collection(self.sync_state_collection).document(destination)
+            .collection(SYNC_STATE_CUSTOMERS).document(cid)
+            for destination in destinations for cid in ids if document_id_problem(cid) is None]
+    existed: dict[str, list[str]] = collections.defaultdict(list)
+    for group in chunked(refs, FIRESTORE_BATCH_LIMIT):
+      for snap in self._fs.get_all(group):
+        if snap.exists:
+          existed[snap.id].append(snap.reference.parent.parent.id)
+    if not self.dry_run:
+      for group in chunked(refs, FIRESTORE_BATCH_LIMIT):
+        batch = self._fs.batch()
+        for ref in group:
+          batch.delete(ref)  # a missing document is a no-op, as for the serving documents
+        batch.commit()
+    per_destination = collections.Counter(d for where in existed.values() for d in where)
+    if per_destination:
+      _log.info('sync state: %s the documents of %d customers: %s',
+                'would delete' if self.dry_run else 'deleted', len(existed),
+                ', '.join(f'{d} {n}' for d, n in sorted(per_destination.items())))
+    return {cid: sorted(where) for cid, where in existed.items()}
+
   def _write_log(self, results: Iterable[CustomerResult]) -> None:
     completed_at = time.time_ns() // 1000
     rows = []
@@ -442,11 +496,13 @@ def erase(args: argparse.Namespace, ids: Sequence[str], bq=None, fs=None) -> lis
   if fs is None:
     fs = firestore.Client(project=args.project, database=args.firestore_database)
   eraser = Eraser(args.project, args.dataset, args.collection, args.firestore_database,
-                  args.dry_run, bq, fs)
+                  args.dry_run, bq, fs, args.sync_state_collection)
   missing = eraser.prepare()
   if missing:
     _log.warning('tables not in %s.%s (skipped, nothing to erase there): %s', args.project,
                  args.dataset, ', '.join(missing))
+  _log.info('sync state in %s: %s', args.sync_state_collection,
+            ', '.join(eraser.destinations()) or 'no destinations (nothing to erase there)')
   _log.info('erasure run %s: %d customers, chunks of %d%s', eraser.run_id, len(ids),
             args.chunk_size, ' (dry run)' if args.dry_run else '')
   results: list[CustomerResult] = []
@@ -479,11 +535,16 @@ def _one_line(err: Exception) -> str:
 
 def summary(args: argparse.Namespace, results: Sequence[CustomerResult]) -> str:
   totals: dict[str, int] = collections.Counter()
+  states: dict[str, int] = collections.Counter()
   for result in results:
     totals.update(result.rows)
+    states.update(result.sync_states)
   verb = 'would delete' if args.dry_run else 'deleted'
   lines = [f'{"dry run: " if args.dry_run else ""}{len(results)} customers, Firestore documents '
            f'{verb}: {sum(r.document_deleted for r in results)}',
+           f'sync state ({args.sync_state_collection}) {verb}: ' + (', '.join(
+               f'{destination} {states[destination]:,}' for destination in sorted(states))
+               or 'none'),
            f'BigQuery rows {verb}: ' + (', '.join(
                f'{schemas.table_id(t)} {totals[t]:,}' for t in DELETE_ORDER if t in totals)
                or 'none (no tables)'),

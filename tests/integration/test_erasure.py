@@ -1,5 +1,6 @@
 """`python -m pipeline.erase` against the emulators, on the warehouse and documents of a real batch
-run: a customer's document and rows go, nobody else's do, every run is logged, runs repeat."""
+run and the sync worker's state: a customer's document, state and rows go, nobody else's do, every
+run is logged, runs repeat."""
 import base64
 import collections
 import csv
@@ -19,6 +20,9 @@ from transforms.sinks import bigquery_client
 PROJECT = 'demo-local'
 QUOTED = 'o\'brien"q'  # an id with both quotes: only query parameters handle it
 QUOTED_ANON = 'anon-quoted-device'
+# Sync-state destinations: one with a document of its own, one that exists only as the parent of
+# its customers' states (as the sync worker leaves it).
+DESTINATIONS = ('braze', 'klaviyo')
 
 
 def _event(kind, at, message_id, user_id=None, anonymous_id=None, **fields):
@@ -171,6 +175,24 @@ def _rich_customers(dataset):
   return candidates
 
 
+def _sync_state(collection, customers):
+  """The sync worker's state of `customers` for both DESTINATIONS, in a new collection, as
+  connector/sync/state.py writes it."""
+  db = firestore.Client(project=PROJECT)
+  db.collection(collection).document(DESTINATIONS[0]).set({'note': 'a destination document'})
+  for destination in DESTINATIONS:
+    for customer in customers:
+      (db.collection(collection).document(destination).collection('customers')
+       .document(customer).set({'attributes': {'first_name': ['ab12', 1764633600123456]}}))
+
+
+def _states(collection, customer):
+  """The destinations holding a sync state of `customer`."""
+  db = firestore.Client(project=PROJECT)
+  return [d for d in DESTINATIONS if db.collection(collection).document(d)
+          .collection('customers').document(customer).get().exists]
+
+
 def _erase(*args):
   return erase.main([f'--project={PROJECT}', *args])
 
@@ -180,15 +202,22 @@ def _counts(owned):
 
 
 def test_erase_one_customer_everywhere_then_again(world, capsys):
-  customer = _rich_customers(world)[0]
+  customer, other = _rich_customers(world)[:2]
   anonymous, owned = _owned(world, customer)
   assert anonymous and all(owned.values())  # rows in every table, stitched browsing too
+  state = f'{world}-sync-{uuid.uuid4().hex[:6]}'
+  _sync_state(state, [customer, other])
   before = _snapshot(world)
 
-  assert _erase(f'--dataset={world}', f'--collection={world}', '--customer_id', customer) == 0
-  assert 'Firestore documents deleted: 1' in capsys.readouterr().out
+  assert _erase(f'--dataset={world}', f'--collection={world}', f'--sync_state_collection={state}',
+                '--customer_id', customer) == 0
+  out = capsys.readouterr().out
+  assert 'Firestore documents deleted: 1' in out
+  assert f'sync state ({state}) deleted: braze 1, klaviyo 1' in out
 
   assert not _document(world, customer).exists
+  # The customer's state is gone under both destinations; the other customer's is kept.
+  assert _states(state, customer) == [] and _states(state, other) == list(DESTINATIONS)
   after = _snapshot(world)
   for record in schemas.TABLES:
     # Exactly the customer's rows are gone: everybody else's are all still there.
@@ -205,8 +234,11 @@ def test_erase_one_customer_everywhere_then_again(world, capsys):
   assert logged['requested_at'] <= logged['completed_at']
 
   # Again: nothing left to delete, logged again with zeros, still exit 0.
-  assert _erase(f'--dataset={world}', f'--collection={world}', '--customer_id', customer) == 0
+  assert _erase(f'--dataset={world}', f'--collection={world}', f'--sync_state_collection={state}',
+                '--customer_id', customer) == 0
+  assert f'sync state ({state}) deleted: none' in capsys.readouterr().out
   assert _snapshot(world) == after
+  assert _states(state, other) == list(DESTINATIONS)
   first, second = _log_rows(world, customer)
   assert second['run_id'] != first['run_id']
   assert second['firestore_document_deleted'] is False
@@ -217,12 +249,16 @@ def test_erase_one_customer_everywhere_then_again(world, capsys):
 def test_dry_run_deletes_nothing_and_logs_what_it_would(world, capsys):
   customer = _rich_customers(world)[1]
   _, owned = _owned(world, customer)
+  state = f'{world}-sync-{uuid.uuid4().hex[:6]}'
+  _sync_state(state, [customer])
   before = _snapshot(world)
-  assert _erase(f'--dataset={world}', f'--collection={world}', '--customer_id', customer,
-                '--dry_run') == 0
-  assert 'dry run' in capsys.readouterr().out
+  assert _erase(f'--dataset={world}', f'--collection={world}', f'--sync_state_collection={state}',
+                '--customer_id', customer, '--dry_run') == 0
+  out = capsys.readouterr().out
+  assert 'dry run' in out and f'sync state ({state}) would delete: braze 1, klaviyo 1' in out
   assert _snapshot(world) == before
   assert _document(world, customer).exists
+  assert _states(state, customer) == list(DESTINATIONS)
   (logged,) = _log_rows(world, customer)
   assert logged['dry_run'] is True and logged['firestore_document_deleted'] is True
   assert {t['table_name']: t['rows_deleted'] for t in logged['tables']} == _counts(owned)
@@ -234,12 +270,14 @@ def test_batch_file_with_a_quoted_id_and_an_unknown_id(world, tmp_path, caplog):
   owned = {c: _owned(world, c)[1] for c in (customer, QUOTED)}
   assert all(owned[QUOTED].values())  # the quoted id has rows in every table too
   assert _document(world, QUOTED).exists
+  state = f'{world}-sync-{uuid.uuid4().hex[:6]}'
+  _sync_state(state, [customer, QUOTED])
   before = _snapshot(world)
   ids = tmp_path / 'ids.txt'
   ids.write_text(f'{customer}\n\n{QUOTED}\n{unknown}\n{customer}\n')  # blank line, duplicate
 
   caplog.set_level('INFO', logger='pipeline.erase')
-  assert _erase(f'--dataset={world}', f'--collection={world}',
+  assert _erase(f'--dataset={world}', f'--collection={world}', f'--sync_state_collection={state}',
                 f'--customer_ids_file={ids}', '--chunk_size=2') == 0
   # Two chunks (2 + 1 customers), each followed by a progress line.
   assert [r.getMessage() for r in caplog.records if 'customers (' in r.getMessage()] == [
@@ -251,6 +289,7 @@ def test_batch_file_with_a_quoted_id_and_an_unknown_id(world, tmp_path, caplog):
   for c in (customer, QUOTED):
     assert not _document(world, c).exists
     assert not any(_owned(world, c)[1].values())
+    assert _states(state, c) == []
   logged = {c: _log_rows(world, c) for c in (customer, QUOTED, unknown)}
   assert all(len(rows) == 1 for rows in logged.values())
   assert len({rows[0]['run_id'] for rows in logged.values()}) == 1

@@ -8,6 +8,8 @@ import fastavro
 import pytest
 
 import schemas
+from connector.sync import state as sync_state
+from connector.sync.config import SyncConfig
 from pipeline import erase
 from pipeline.options import PersonalizationOptions
 
@@ -24,6 +26,13 @@ def test_defaults_are_the_pipelines():
   assert (args.dataset, args.collection, args.firestore_database) == (
       job.dataset, job.collection, job.firestore_database)
   assert (ids, args.dry_run, args.chunk_size) == (['c1'], False, erase.DEFAULT_CHUNK_SIZE)
+
+
+def test_sync_state_is_where_the_sync_worker_keeps_it():
+  args, _ = _args('--customer_id', 'c1')
+  default = SyncConfig.__dataclass_fields__['state_collection'].default
+  assert args.sync_state_collection == erase.DEFAULT_SYNC_STATE_COLLECTION == default
+  assert erase.SYNC_STATE_CUSTOMERS == sync_state.CUSTOMERS
 
 
 def test_ids_from_the_command_line_keep_order_and_drop_duplicates():
@@ -52,6 +61,10 @@ def test_project_from_the_environment(monkeypatch):
     (['--customer_id', ' c1'], "customer id ' c1' has leading or trailing whitespace"),
     (['--customer_id', 'c1', '--chunk_size=0'], '--chunk_size must be at least 1'),
     (['--customer_id', 'c1', '--dataset='], '--dataset must not be blank'),
+    (['--customer_id', 'c1', '--sync_state_collection= '],
+     '--sync_state_collection must not be blank'),
+    (['--customer_id', 'c1', '--sync_state_collection=a/b'],
+     "--sync_state_collection must be a top-level collection id (no \"/\"), got 'a/b'"),
     (['--customer_id', 'c1', '--no_such_option'], 'unrecognized arguments'),
 ])
 def test_bad_arguments(argv, message):
@@ -99,7 +112,21 @@ def test_main_reports_bad_input_in_one_line_with_exit_2(tmp_path, capsys):
 
 def test_help_exits_0(capsys):
   assert erase.main(['--help']) == 0
-  assert '--customer_ids_file' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert '--customer_ids_file' in out and '--sync_state_collection' in out
+
+
+def test_summary_reports_the_sync_state_per_destination():
+  args, _ = _args('--customer_id', 'c1', 'c2', '--sync_state_collection=state')
+  results = [erase.CustomerResult('c1', True, 0, {'events': 3}, ['braze', 'klaviyo']),
+             erase.CustomerResult('c2', False, 0, {'events': 0}, ['braze'])]
+  assert erase.summary(args, results).splitlines()[:3] == [
+      '2 customers, Firestore documents deleted: 1',
+      'sync state (state) deleted: braze 2, klaviyo 1',
+      'BigQuery rows deleted: events 3']
+  args.dry_run = True
+  assert erase.summary(args, [erase.CustomerResult('c3')]).splitlines()[1] == (
+      'sync state (state) would delete: none')
 
 
 # ---- Matching rules ----------------------------------------------------------------------------
