@@ -132,13 +132,13 @@ class Sender:
             'reason': reason})
         return
       attempt += 1  # RETRY
-      self._metrics.retried.labels(name, str(status or 'error')).inc()
       if attempt >= self._destination.max_attempts:
         _log.warning('retries exhausted: the items stay unacknowledged and come back', extra={
             'destination': name, 'status': status, 'attempts': attempt,
             'items': len(request.items), 'reason': verdict.reason or f'HTTP {status}'})
         delivery.exhausted.extend(request.items)
         return
+      self._metrics.retried.labels(name, str(status or 'error')).inc()
       wait = verdict.retry_after
       if wait is None:
         wait = webhooks.backoff(attempt - 1, self._destination.backoff_seconds,
