@@ -8,7 +8,7 @@ DATA ?= data/sample
 STACK_STATE ?= .localstack/demo
 STACK := $(PY) -m scripts.localstack --state-dir $(STACK_STATE)
 
-.PHONY: venv demo stream stop status data run test test-unit bench bench-1m bench-stages bench-live bench-connector bench-collector bench-stream serve clean template-build template-run
+.PHONY: venv demo stream stop status data run test test-unit bench bench-1m bench-stages bench-live bench-connector bench-collector bench-stream bench-sync serve clean template-build template-run
 
 venv: $(VENV)/.installed $(BQ_VENV)/.installed
 
@@ -115,6 +115,12 @@ bench-collector: venv
 
 bench-stream: venv
 	$(PY) -m bench.stream_latency --rates 5,10,20,200 --pipeline_arg=--document_flush_seconds=0
+
+## bench-sync: the sync worker: changes/s to a local Braze receiver at saturation (no rate limit)
+## against the receiver's own rate, requests per 1,000 changes, and a rate limit checked at the
+## receiver (docs/PERFORMANCE.md).
+bench-sync: venv
+	$(PY) -m bench.sync_load
 
 ## serve: the ESP connector on the running local stack (CONNECTOR_API_KEYS must be set).
 serve: venv
