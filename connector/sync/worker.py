@@ -164,15 +164,17 @@ class Worker:
       return True
     stored = self._store.get(name, attrs)
     items, states, quiet = [], {}, {}
+    unchanged = older = 0
     for customer, customer_attrs in attrs.items():
       d = plan.delta(customer_attrs, stored.get(customer, {}))
-      self._metrics.skipped.labels(name, 'unchanged').inc(d.unchanged)
-      self._metrics.skipped.labels(name, 'older').inc(d.older)
+      unchanged, older = unchanged + d.unchanged, older + d.older
       if d.send:
         items.append(base.Item(customer, d.send))
         states[customer] = d.state
       elif d.state:
         quiet[customer] = d.state  # nothing to send, but a newer version of the same value
+    self._metrics.skipped.labels(name, 'unchanged').inc(unchanged)
+    self._metrics.skipped.labels(name, 'older').inc(older)
     if quiet:
       self._store.put(name, quiet)
     if not items:
