@@ -119,6 +119,8 @@ class Worker:
       except subprocess.TimeoutExpired:
         self.process.kill()
         self.process.wait(5)
+    printed = self.log.read_text()
+    assert not [name for name, key in KEYS.items() if key in printed], 'an API key was logged'
     return self.process.returncode
 
 
