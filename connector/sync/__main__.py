@@ -1,13 +1,16 @@
 """`python -m connector.sync --config FILE`: the sync worker (docs/DESTINATIONS.md).
 
-Reads profile changes from the config's subscription, serves /healthz and /metrics on `listen`,
-and stops after the batch in hand on SIGTERM or SIGINT. Exit status 2 for a bad config.
+Reads profile changes from the config's subscription (connector/sync/pull.py), serves /healthz
+and /metrics on `listen`, and stops after the batch in hand on SIGTERM or SIGINT, giving back
+what it pulled but had not handled. Exit status 2 for a bad config, 1 when the subscription
+cannot be read or goes away.
 """
 from __future__ import annotations
 
 import argparse
 import http.server
 import logging
+import queue
 import signal
 import sys
 import threading
@@ -15,12 +18,14 @@ import time
 
 import httpx
 import orjson
+from google.api_core import exceptions as api_exceptions
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from connector import destinations, logs
 from connector.config import ConfigError
 from connector.sync import config as sync_config
 from connector.sync.limiter import TokenBucket, Unlimited
+from connector.sync.pull import Puller
 from connector.sync.sender import Sender
 from connector.sync.state import StateStore
 from connector.sync.worker import Metrics, Received, Worker
@@ -136,29 +141,18 @@ def main(argv=None) -> int:
   threading.Thread(target=server.serve_forever, daemon=True, name='sync-http').start()
 
   subscriber = pubsub_v1.SubscriberClient()
-  # Leases are extended in steps of ack_deadline_seconds while a batch is in hand (for up to an
-  # hour); a worker that dies stops extending, and its messages come back that much later.
-  flow = pubsub_v1.types.FlowControl(
-      max_messages=2 * config.max_batch, max_lease_duration=3600,
-      min_duration_per_lease_extension=config.ack_deadline_seconds,
-      max_duration_per_lease_extension=config.ack_deadline_seconds)
-
-  def arrived(message):
-    worker.inbox.put(Received(message.data, message.message_id, message.ack, message.nack))
-
-  stream = subscriber.subscribe(config.subscription, callback=arrived, flow_control=flow)
+  try:
+    deadline = subscriber.get_subscription(subscription=config.subscription).ack_deadline_seconds
+  except api_exceptions.GoogleAPICallError as err:
+    print(f'error: cannot read the subscription {config.subscription}: {type(err).__name__}: '
+          f'{str(err)[:300]}', file=sys.stderr)
+    server.shutdown()
+    return 1
   stop = threading.Event()
-  lost = []
-
-  def on_stream_end(future):
-    # The pull ended by itself (subscription deleted, permissions, a fatal error): stop, exit 1,
-    # and let the process manager restart the worker.
-    if not stop.is_set():
-      lost.append(future.exception() if not future.cancelled() else 'cancelled')
-      _log.error('the subscription stream ended; stopping', extra={'error': str(lost[0])[:500]})
-      stop.set()
-
-  stream.add_done_callback(on_stream_end)
+  puller = Puller(subscriber, config.subscription, worker.inbox, config.ack_deadline_seconds,
+                  2 * config.max_batch, stop, subscription_deadline=deadline or 10)
+  worker.on_batch_settled(puller.flush)
+  puller.start()
 
   def on_signal(signum, _frame):
     _log.info('stopping after the batch in hand', extra={'signal': signum})
@@ -173,15 +167,19 @@ def main(argv=None) -> int:
     worker.run(stop)
   finally:
     stop.set()
-    stream.cancel()
+    while True:  # pulled but not handled: back to Pub/Sub now rather than at their deadline
+      try:
+        worker.inbox.get_nowait().nack()
+      except queue.Empty:
+        break
+    puller.flush()
     worker.close()
     server.shutdown()
     store.close()
     for client in clients.values():
       client.close()
-  # Whatever was pulled but not handled stays unacknowledged: Pub/Sub redelivers it.
   _log.info('sync worker stopped')
-  return 1 if lost else 0
+  return 1 if puller.error is not None else 0
 
 
 if __name__ == '__main__':

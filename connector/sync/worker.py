@@ -75,15 +75,21 @@ class Received:
 class Worker:
 
   def __init__(self, config: SyncConfig, senders: Mapping[str, Sender], store, publisher,
-               metrics: Metrics, limiters: Mapping | None = None):
+               metrics: Metrics, limiters: Mapping | None = None, after_batch=None):
     self._config, self._senders, self._store = config, senders, store
     self._publisher, self._metrics = publisher, metrics
     self._limiters = limiters or {}
+    # Called after each batch is settled: sends the acks and nacks (connector/sync/pull.py).
+    self._after_batch = after_batch or (lambda: None)
     self._validate = schemas.profile_change_validator()
     self._pool = concurrent.futures.ThreadPoolExecutor(
         max_workers=max(1, len(config.destinations)), thread_name_prefix='sync-destination')
     self.inbox: queue.Queue[Received] = queue.Queue()
     self.heartbeat = time.monotonic()
+
+  def on_batch_settled(self, callback) -> None:
+    """`callback()` runs after each batch's messages were acked or nacked (the puller's flush)."""
+    self._after_batch = callback
 
   # ---- the loop -----------------------------------------------------------------------------
 
@@ -112,6 +118,7 @@ class Worker:
       batch = self.next_batch(stop)
       if batch:
         self.handle(batch)
+        self._after_batch()
       for name, limiter in self._limiters.items():
         self._metrics.rate.labels(name).set(limiter.rate())
 
