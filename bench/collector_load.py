@@ -54,6 +54,7 @@ import aiohttp
 import httpx
 import orjson
 
+from bench import procstat
 from collector import events
 from scripts import demo_connector, localstack, publish
 
@@ -374,21 +375,11 @@ class CpuMeter:
 
   def __init__(self, collector_pid: int, emulator_pgid: int):
     self._collector, self._emulator = collector_pid, emulator_pgid
-    self._tick = os.sysconf('SC_CLK_TCK')
-
-  def _process(self, pid: int) -> float:
-    try:
-      fields = pathlib.Path(f'/proc/{pid}/stat').read_text().rpartition(')')[2].split()
-    except OSError:
-      return 0.0
-    return (int(fields[11]) + int(fields[12])) / self._tick
 
   def read(self) -> tuple[float, float, float, float]:
-    cpu = pathlib.Path('/proc/stat').read_text().splitlines()[0].split()[1:]
-    values = [int(v) for v in cpu[:8]]
-    busy = sum(values) - values[3] - values[4]  # all but idle and iowait
-    emulator = sum(self._process(pid) for pid in localstack.group_members(self._emulator))
-    return (self._process(self._collector), emulator, busy / self._tick, time.monotonic())
+    emulator = sum(procstat.cpu_seconds(pid) for pid in localstack.group_members(self._emulator))
+    return (procstat.cpu_seconds(self._collector), emulator, procstat.machine_busy_seconds(),
+            time.monotonic())
 
   @staticmethod
   def cores(before, after, load_cpu_s: float) -> dict:

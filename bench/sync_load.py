@@ -57,6 +57,7 @@ import httpx
 import orjson
 import yaml
 
+from bench import procstat
 from connector import destinations
 from scripts import demo_connector, localstack
 from tests.receivers.esp import BrazeReceiver, IterableReceiver, Receiver
@@ -197,23 +198,14 @@ class Cpu:
   def __init__(self, state_dir: pathlib.Path):
     state = localstack.load_state(state_dir)
     self._groups = {name: int(entry['pgid']) for name, entry in state['components'].items()}
-    self._tick = os.sysconf('SC_CLK_TCK')
-
-  def _process(self, pid: int) -> float:
-    try:
-      fields = pathlib.Path(f'/proc/{pid}/stat').read_text().rpartition(')')[2].split()
-    except OSError:
-      return 0.0
-    return (int(fields[11]) + int(fields[12])) / self._tick
 
   def read(self, worker_pid: int | None) -> dict[str, float]:
-    values = [int(v) for v in pathlib.Path('/proc/stat').read_text().split()[1:9]]
-    reading = {'worker': self._process(worker_pid) if worker_pid else 0.0,
-               'receiver': self._process(os.getpid()),
-               'machine': (sum(values) - values[3] - values[4]) / self._tick,
+    reading = {'worker': procstat.cpu_seconds(worker_pid) if worker_pid else 0.0,
+               'receiver': procstat.cpu_seconds(os.getpid()),
+               'machine': procstat.machine_busy_seconds(),
                'at': time.monotonic()}
     for name, pgid in self._groups.items():
-      reading[name] = sum(self._process(p) for p in localstack.group_members(pgid))
+      reading[name] = sum(procstat.cpu_seconds(p) for p in localstack.group_members(pgid))
     return reading
 
   @staticmethod

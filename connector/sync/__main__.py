@@ -28,7 +28,7 @@ from connector.sync.limiter import TokenBucket, Unlimited
 from connector.sync.pull import Puller
 from connector.sync.sender import Sender
 from connector.sync.state import StateStore
-from connector.sync.worker import Metrics, Received, Worker
+from connector.sync.worker import Metrics, Worker
 
 _log = logging.getLogger('connector.sync')
 # /healthz fails when the loop has not come round for this long (it comes round every 0.5 s
@@ -92,8 +92,8 @@ def _backfill(config, worker: Worker, name: str, store: StateStore, clients) -> 
     worker.close()
     client.close()
     store.close()
-    for http in clients.values():
-      http.close()
+    for client_ in clients.values():
+      client_.close()
   print(f'backfill {name}: {counts["documents"]:,} documents read, '
         f'{counts["customers_incomplete"]:,} customers incomplete (retries ran out: run it again)')
   return 1 if counts['customers_incomplete'] else 0
