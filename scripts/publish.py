@@ -40,9 +40,10 @@ def subscription_path(project: str, subscription: str) -> str:
           else f'projects/{project}/subscriptions/{subscription}')
 
 
-def ensure_topic_and_subscription(project: str, topic: str,
-                                  subscription: str | None = None) -> tuple[str, str | None]:
-  """Creates the topic and subscription when they do not exist; returns their full paths."""
+def ensure_topic_and_subscription(project: str, topic: str, subscription: str | None = None,
+                                  ack_deadline_seconds: int = 60) -> tuple[str, str | None]:
+  """Creates the topic and subscription (with that ack deadline) when they do not exist;
+  returns their full paths."""
   topic = topic_path(project, topic)
   try:
     pubsub_v1.PublisherClient().create_topic(name=topic)
@@ -52,7 +53,8 @@ def ensure_topic_and_subscription(project: str, topic: str,
     subscription = subscription_path(project, subscription)
     with pubsub_v1.SubscriberClient() as subscriber:
       try:
-        subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=60)
+        subscriber.create_subscription(name=subscription, topic=topic,
+                                       ack_deadline_seconds=ack_deadline_seconds)
       except exceptions.AlreadyExists:
         pass
   return topic, subscription

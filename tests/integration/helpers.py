@@ -11,13 +11,15 @@ import pytest
 from google.cloud import pubsub_v1
 
 
-def wait_for(predicate, timeout, what):
+def wait_for(predicate, timeout, what, every=1.0):
+  """Polls `predicate` every `every` seconds until it is true (returns its value); fails the
+  test after `timeout` seconds."""
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
     value = predicate()
     if value:
       return value
-    time.sleep(1)
+    time.sleep(every)
   pytest.fail(f'timed out after {timeout} s waiting for {what}')
 
 

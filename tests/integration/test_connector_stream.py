@@ -23,6 +23,7 @@ from google.cloud import pubsub_v1
 
 from connector.config import Settings, StreamSettings
 from scripts.demo_connector import free_port
+from tests.integration.helpers import wait_for
 from tests.integration.test_connector_api import serving
 
 PROJECT = 'demo-local'
@@ -34,14 +35,8 @@ BUFFER = 5000
 
 
 def wait_until(predicate, timeout: float, what: str):
-  """Polls `predicate` until it is true (returns its value) or `timeout` seconds pass."""
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    value = predicate()
-    if value:
-      return value
-    time.sleep(0.02)
-  pytest.fail(f'timed out after {timeout} s waiting for {what}')
+  """Polls `predicate` every 20 ms until it is true (returns its value) or fails the test."""
+  return wait_for(predicate, timeout, what, every=0.02)
 
 
 def new_topic() -> str:

@@ -90,11 +90,9 @@ def test_each_write_publishes_its_change_and_a_rerun_writes_and_publishes_nothin
 
   import schemas
   from transforms.settings import TriggersTopic
-  topic = f'projects/{PROJECT}/topics/{unique_name}'
-  subscription = f'projects/{PROJECT}/subscriptions/{unique_name}'
-  pubsub_v1.PublisherClient().create_topic(name=topic)
+  from scripts import publish
+  topic, subscription = publish.ensure_topic_and_subscription(PROJECT, unique_name, unique_name)
   subscriber = pubsub_v1.SubscriberClient()
-  subscriber.create_subscription(name=subscription, topic=topic)
   changes_topic = TriggersTopic(topic, 'profile_changes_topic')
 
   def profile(segment, at, audiences, ltv):

@@ -19,8 +19,9 @@ import yaml
 from google.cloud import firestore, pubsub_v1
 
 from pipeline import run
-from scripts import generate_data
+from scripts import generate_data, publish
 from scripts.demo_connector import free_port
+from tests.integration.helpers import wait_for
 from tests.receivers.esp import BrazeReceiver, IterableReceiver, KlaviyoReceiver
 from transforms.rules import changes as profile_changes
 
@@ -35,28 +36,16 @@ FIELDS = {'segment': 'segment', 'orders.lifetime_value': 'lifetime_value',
           'cart.item_count': 'cart_items'}
 
 
-def wait(predicate, timeout, what, every=0.1):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    value = predicate()
-    if value:
-      return value
-    time.sleep(every)
-  pytest.fail(f'timed out after {timeout} s waiting for {what}')
+def wait(predicate, timeout, what):
+  return wait_for(predicate, timeout, what, every=0.1)
 
 
 def pubsub(name):
   """A changes topic with a subscription for the worker, and a dead-letter topic with one for the
   test to read."""
-  publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
-  paths = {}
-  for kind in ('changes', 'dead'):
-    topic = f'projects/{PROJECT}/topics/{name}-{kind}'
-    subscription = f'projects/{PROJECT}/subscriptions/{name}-{kind}'
-    publisher.create_topic(name=topic)
-    subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=10)
-    paths[kind] = (topic, subscription)
-  return paths
+  return {kind: publish.ensure_topic_and_subscription(
+      PROJECT, f'{name}-{kind}', f'{name}-{kind}', ack_deadline_seconds=10)
+          for kind in ('changes', 'dead')}
 
 
 def destination(kind, receiver, **extra):
