@@ -25,19 +25,23 @@ def test_flatten_is_one_level_and_leaves_out_what_is_not_content():
       'traits.ltv_90d': 10.0}
 
 
+def unchanged(stored, new):
+  return changes.profile_change('c1', stored, new, 99, 1) is None
+
+
 def test_a_firestore_timestamp_equals_the_rendered_datetime():
   from google.api_core.datetime_helpers import DatetimeWithNanoseconds
   stored = DatetimeWithNanoseconds(2026, 11, 1, 9, 30, 0, 123456, tzinfo=dt.timezone.utc)
-  assert changes.same_content(doc(last_event_at=stored), doc())
+  assert unchanged(doc(last_event_at=stored), doc())
   other_zone = T1.astimezone(dt.timezone(dt.timedelta(hours=2)))
-  assert changes.same_content(doc(last_event_at=other_zone), doc())
+  assert unchanged(doc(last_event_at=other_zone), doc())
 
 
-def test_same_content_ignores_version_and_updated_at_but_not_audiences():
-  assert changes.same_content(doc(version=1, updated_at=None), doc())
-  assert not changes.same_content(doc(audiences=[]), doc())
-  assert changes.same_content(None, None)
-  assert not changes.same_content(None, doc())
+def test_no_change_ignores_version_and_updated_at_but_not_audiences():
+  assert unchanged(doc(version=1, updated_at=None), doc())
+  assert not unchanged(doc(audiences=[]), doc())
+  assert unchanged(None, None)
+  assert not unchanged(None, doc())
 
 
 def test_the_change_holds_only_changed_fields_and_audience_moves():

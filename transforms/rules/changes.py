@@ -53,14 +53,6 @@ def _audiences(document: dict | None) -> set[str]:
   return set((document or {}).get(AUDIENCES) or ())
 
 
-def same_content(stored: dict | None, new: dict | None) -> bool:
-  """True when writing `new` over `stored` would change nothing a reader sees (both None, or
-  equal content and audiences)."""
-  if stored is None or new is None:
-    return stored is None and new is None
-  return flatten(stored) == flatten(new) and _audiences(stored) == _audiences(new)
-
-
 def next_version(stored_version: Any, now_micros: int) -> int:
   """The version of the next write of a document: strictly above the stored one, and otherwise
   the writer's clock, so a document deleted and created again still moves forward."""
@@ -82,15 +74,18 @@ def _rfc3339(micros: int) -> str:
 def profile_change(customer_id: str, stored: dict | None, new: dict | None, version: int,
                    written_at_micros: int) -> dict | None:
   """The change message of writing `new` (None: deleting) over `stored` (None: absent), or None
-  when nothing a reader sees changes."""
-  if same_content(stored, new):
+  when nothing a reader sees changes (both None, or equal content and audiences): the writer
+  skips such a write. Each document is flattened once."""
+  if stored is None and new is None:
     return None
   before, after = flatten(stored), flatten(new)
+  was, now = _audiences(stored), _audiences(new)
+  if stored is not None and new is not None and before == after and was == now:
+    return None  # the same content (version and updated_at aside): nothing to write or say
   changed = {name: value for name, value in after.items() if before.get(name, None) != value
              or name not in before}
   if new is not None:
     changed.update({name: None for name in before if name not in after})
-  was, now = _audiences(stored), _audiences(new)
   last_event_at = None if new is None else _plain(new.get('last_event_at'))
   return {
       'change_id': change_id(customer_id, version),

@@ -184,12 +184,13 @@ class _CommitBatchFn(beam.DoFn):
       if exists and is_stale(before.get('last_event_at'), document.get('last_event_at')):
         stale += 1
         continue
-      if profile_changes.same_content(before, document):
+      version = profile_changes.next_version(before.get('version') if exists else None, now)
+      change = profile_changes.profile_change(doc_id, before, document, version, now)
+      if change is None:  # the same content as stored: a re-run or replay writes nothing
         unchanged += 1
         continue
-      version = profile_changes.next_version(before.get('version') if exists else None, now)
+      changes.append(change)
       document = {**document, profile_changes.VERSION: version}
-      changes.append(profile_changes.profile_change(doc_id, before, document, version, now))
       data = {**document, 'updated_at': self._server_time}
       if exists:
         writes.update(refs[doc_id], data,
