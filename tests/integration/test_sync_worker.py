@@ -267,11 +267,19 @@ def test_the_rate_limit_holds_at_the_receiver_and_a_429_storm_backs_off_and_reco
     publish_changes(paths['changes'][0], customers, 20)
     wait(lambda: len(braze.accepted()) == len(customers) - 1, 60, 'braze to hold the customers')
     wait(lambda: len(iterable.accepted()) == len(customers), 60, 'iterable to recover')
-    starts = sorted(r.arrived for r in braze.recorded if r.path == '/users/track')
-    assert len(starts) >= 16
-    for i, first in enumerate(starts):  # the token bucket: burst + rate * T in any T
-      for j in range(i, len(starts)):
-        assert j - i + 1 <= burst + rate * (starts[j] - first + 0.02), (i, j)
+    track = sorted((r for r in braze.recorded if r.path == '/users/track'),
+                   key=lambda r: r.arrived)
+    assert len(track) >= 16
+    # The token bucket: at most burst + rate * T requests start in any T. The receiver sees
+    # arrivals, which lag the starts by a transit delay that varies under load (seen: 53 ms),
+    # so arrivals alone can look denser than the starts were. Requests to one destination go
+    # one at a time, so request k started after request k-1 was answered and before it arrived:
+    # the starts of requests i..j lie within [finished(i-1), arrived(j)], and a correct bucket
+    # holds j - i + 1 <= burst + rate * (arrived(j) - finished(i-1)), transit jitter or not.
+    for i in range(1, len(track)):
+      for j in range(i, len(track)):
+        span = track[j].arrived - track[i - 1].finished
+        assert j - i + 1 <= burst + rate * span, (i, j, span)
     storm = [r for r in iterable.recorded if r.path.startswith('/api/users/bulkUpdate')]
     assert [r.status for r in storm[:6]] == [429] * 6 and storm[6].status == 200
     for before, after in zip(storm[:6], storm[1:7]):
