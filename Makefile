@@ -11,6 +11,7 @@ STACK := $(PY) -m scripts.localstack --state-dir $(STACK_STATE)
 .PHONY: venv demo stream stop status data run test test-unit bench bench-1m bench-stages bench-live bench-connector bench-collector bench-stream bench-sync serve clean template-build template-run
 
 venv: $(VENV)/.installed $(BQ_VENV)/.installed
+	@scripts/system_packages.sh
 
 # The JavaScript SDK the collector's tests run (tests/js/package.json, exact versions locked).
 JS_DEPS := tests/js/node_modules/.installed
