@@ -47,7 +47,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 PROJECT = 'demo-local'
 HOST = '127.0.0.1'
-COMPONENTS = ('pubsub', 'firestore', 'bigquery')
+COMPONENTS = ('pubsub', 'firestore', 'bigquery', 'redis')
 DEFAULT_STATE_DIR = pathlib.Path('.localstack') / 'demo'
 DEFAULT_SDK_ROOT = pathlib.Path('/usr/lib/google-cloud-sdk')
 DEFAULT_BQ_VENV = pathlib.Path('.venv-bq')
@@ -67,7 +67,10 @@ PORTS: dict[str, tuple[tuple[str, str], ...]] = {
     'pubsub': (('http', 'PUBSUB_PORT'),),
     'firestore': (('http', 'FIRESTORE_PORT'),),
     'bigquery': (('rest', 'BIGQUERY_PORT'), ('grpc', 'BIGQUERY_GRPC_PORT')),
+    'redis': (('tcp', 'REDIS_PORT'),),
 }
+REDIS_MISSING = ('redis-server not found (the serving tier, docs/OPERATIONS.md): apt-get install '
+                 'redis-server (`make venv` does it), or set REDIS_SERVER_BIN')
 
 JAVA_MISSING = (
     'Java 17 is required for the Pub/Sub and Firestore emulators: '
@@ -99,6 +102,7 @@ class Tools:
   java: str
   sdk_root: pathlib.Path
   bqemulator: str
+  redis_server: str = 'redis-server'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +155,8 @@ def main_port(component: str, ports: Mapping[str, int]) -> int:
 def endpoint(component: str, ports: Mapping[str, int]) -> str:
   """The address clients use, as it appears in the exported environment."""
   address = f'{HOST}:{main_port(component, ports)}'
+  if component == 'redis':
+    return f'redis://{address}/0'
   return f'http://{address}' if component == 'bigquery' else address
 
 
@@ -191,6 +197,23 @@ def firestore_command(java: str, sdk_root: pathlib.Path, port: int) -> list[str]
   return [java, '-cp', str(jar), FIRESTORE_MAIN, 'start', f'--host={HOST}', f'--port={port}']
 
 
+def redis_command(redis_server: str, port: int) -> list[str]:
+  """The Redis server command line: loopback only, nothing saved to disk (like the emulators,
+  the stack keeps its data in memory), no daemonizing (the stack owns the process)."""
+  return [redis_server, '--bind', HOST, '--port', str(port), '--save', '', '--appendonly', 'no',
+          '--daemonize', 'no', '--protected-mode', 'yes']
+
+
+def redis_answers(port: int, timeout: float) -> bool:
+  """Whether a Redis server on `port` answers PING with PONG (RESP, one round trip)."""
+  try:
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+      sock.sendall(b'PING\r\n')
+      return sock.recv(64).startswith(b'+PONG')
+  except OSError:
+    return False
+
+
 def bigquery_command(bqemulator: str, rest_port: int, grpc_port: int, project: str) -> list[str]:
   """The BigQuery emulator command line."""
   return [
@@ -216,6 +239,10 @@ def build_launch(
   elif component == 'bigquery':
     argv = bigquery_command(tools.bqemulator, ports['rest'], ports['grpc'], project)
     marker = tools.bqemulator
+  elif component == 'redis':
+    argv = redis_command(tools.redis_server, ports['tcp'])
+    # Redis rewrites its process title to `redis-server 127.0.0.1:PORT`.
+    marker = f'{HOST}:{ports["tcp"]}'
   else:
     raise ValueError(f'unknown component {component!r}')
   return Launch(component, argv, ports, marker)
@@ -230,6 +257,7 @@ def env_mapping(state: Mapping[str, Any]) -> dict[str, str]:
       'PUBSUB_PROJECT_ID': project,
       'FIRESTORE_EMULATOR_HOST': endpoint('firestore', components['firestore']['ports']),
       'BIGQUERY_EMULATOR_HOST': endpoint('bigquery', components['bigquery']['ports']),
+      'REDIS_URL': endpoint('redis', components['redis']['ports']),
       'GOOGLE_CLOUD_PROJECT': project,
   }
 
@@ -379,7 +407,18 @@ def find_tools() -> Tools:
     raise PreconditionError(JAVA_MISSING)
   sdk_root = find_sdk_root()
   check_emulators(sdk_root)
-  return Tools(java=java, sdk_root=sdk_root, bqemulator=find_bqemulator())
+  return Tools(java=java, sdk_root=sdk_root, bqemulator=find_bqemulator(),
+               redis_server=find_redis_server())
+
+
+def find_redis_server() -> str:
+  """REDIS_SERVER_BIN, else redis-server on the PATH, as an absolute path."""
+  configured = os.environ.get('REDIS_SERVER_BIN')
+  path = configured or shutil.which('redis-server')
+  if not path or not (os.path.isfile(path) and os.access(path, os.X_OK)):
+    raise PreconditionError(REDIS_MISSING + (f' ({configured} from REDIS_SERVER_BIN)'
+                                             if configured else ''))
+  return os.path.abspath(path)
 
 
 # --------------------------------------------------------------------------------------------
@@ -576,6 +615,8 @@ def is_ready(component: str, entry: Mapping[str, Any], project: str,
              timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
   """Whether the emulator answers every readiness request."""
   port = main_port(component, entry['ports'])
+  if component == 'redis':
+    return redis_answers(port, timeout)
   for url in probe_urls(component, port, project):
     answer = http_get(url, timeout)
     if answer is None or not answer_ok(component, *answer):

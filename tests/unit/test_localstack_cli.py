@@ -19,6 +19,7 @@ def _state(project='demo-local'):
           'pubsub': {'ports': {'http': 8085}},
           'firestore': {'ports': {'http': 8086}},
           'bigquery': {'ports': {'rest': 9050, 'grpc': 9060}},
+          'redis': {'ports': {'tcp': 6390}},
       }}
 
 
@@ -28,6 +29,7 @@ def test_env_mapping_has_exactly_the_client_variables():
       'PUBSUB_PROJECT_ID': 'demo-local',
       'FIRESTORE_EMULATOR_HOST': '127.0.0.1:8086',
       'BIGQUERY_EMULATOR_HOST': 'http://127.0.0.1:9050',
+      'REDIS_URL': 'redis://127.0.0.1:6390/0',
       'GOOGLE_CLOUD_PROJECT': 'demo-local',
   }
 
@@ -81,6 +83,22 @@ def test_commands_bind_loopback_only():
       '/venv/bin/bqemulator', 'start', '--rest-host', '127.0.0.1', '--rest-port', '3',
       '--grpc-host', '127.0.0.1', '--grpc-port', '4', '--ephemeral', '--project', 'p']
   assert bigquery.marker == '/venv/bin/bqemulator'
+  redis = localstack.build_launch('redis', tools, {'tcp': 5}, 'p')
+  assert redis.argv[:5] == ['redis-server', '--bind', '127.0.0.1', '--port', '5']
+  assert ['--save', ''] == redis.argv[5:7] and '--daemonize' in redis.argv
+  assert redis.marker == '127.0.0.1:5'  # the process title Redis sets
+
+
+def test_redis_probe_is_false_when_nothing_answers():
+  [port] = localstack.free_ports(1)
+  assert localstack.redis_answers(port, 0.5) is False
+
+
+def test_missing_redis_server_names_the_package(monkeypatch, tmp_path):
+  monkeypatch.setenv('REDIS_SERVER_BIN', str(tmp_path / 'nope'))
+  with pytest.raises(localstack.PreconditionError, match='apt-get install redis-server') as raised:
+    localstack.find_redis_server()
+  assert raised.value.exit_code == 2
 
 
 def test_parse_proc_stat_handles_spaces_and_parentheses_in_the_name():
@@ -89,7 +107,8 @@ def test_parse_proc_stat_handles_spaces_and_parentheses_in_the_name():
 
 
 def test_allocate_ports_gives_distinct_ports_and_honours_fixed_ones(monkeypatch):
-  for variable in ('PUBSUB_PORT', 'FIRESTORE_PORT', 'BIGQUERY_PORT', 'BIGQUERY_GRPC_PORT'):
+  for variable in ('PUBSUB_PORT', 'FIRESTORE_PORT', 'BIGQUERY_PORT', 'BIGQUERY_GRPC_PORT',
+                   'REDIS_PORT'):
     monkeypatch.delenv(variable, raising=False)
   [fixed] = localstack.free_ports(1)
   monkeypatch.setenv('FIRESTORE_PORT', str(fixed))
@@ -97,7 +116,7 @@ def test_allocate_ports_gives_distinct_ports_and_honours_fixed_ones(monkeypatch)
   assert ports['firestore'] == {'http': fixed}
   assert set(ports['bigquery']) == {'rest', 'grpc'}
   every = [port for component in ports.values() for port in component.values()]
-  assert len(set(every)) == len(every) == 4
+  assert len(set(every)) == len(every) == 5
 
 
 @pytest.mark.parametrize('value', ['abc', '0', '70000'])
