@@ -152,6 +152,7 @@ def main(argv=None) -> int:
   puller = Puller(subscriber, config.subscription, worker.inbox, config.ack_deadline_seconds,
                   2 * config.max_batch, stop, subscription_deadline=deadline or 10)
   worker.on_batch_settled(puller.flush)
+  metrics.oldest.set_function(lambda: puller.oldest_age(time.time()))
   puller.start()
 
   def on_signal(signum, _frame):

@@ -30,7 +30,8 @@ FATAL = (api_exceptions.NotFound, api_exceptions.PermissionDenied,
 
 class Puller:
   """Feeds `inbox` with Received messages, keeps at most `max_outstanding` of them leased, and
-  extends their leases every third of `ack_deadline` until they are settled and flushed."""
+  extends their leases every third of `ack_deadline` until they are settled and flushed.
+  `oldest_age` says how long ago the oldest message it holds was published."""
 
   def __init__(self, subscriber, subscription: str, inbox: queue.Queue, ack_deadline: int,
                max_outstanding: int, stop: threading.Event, subscription_deadline: int = 10):
@@ -40,7 +41,8 @@ class Puller:
     self._period = min(ack_deadline, subscription_deadline) / 3
     self._stop = stop
     self._lock = threading.Lock()
-    self._leased: set[str] = set()
+    # Leased ack ids -> their messages' publish times (Unix seconds).
+    self._leased: dict[str, float] = {}
     self._acks: list[str] = []
     self._nacks: list[str] = []
     self.error: BaseException | None = None
@@ -75,8 +77,15 @@ class Puller:
       _log.warning('acknowledging failed; the messages will come back',
                    extra={'error': type(err).__name__, 'acks': len(acks)})
     with self._lock:
-      self._leased.difference_update(acks)
-      self._leased.difference_update(nacks)
+      for ack_id in acks + nacks:
+        self._leased.pop(ack_id, None)
+
+  def oldest_age(self, now: float) -> float:
+    """Seconds from the publish time of the oldest message pulled and not yet settled and
+    flushed to `now`; 0 when none is held (the sync_oldest_message_age_seconds gauge)."""
+    with self._lock:
+      oldest = min(self._leased.values(), default=None)
+    return 0.0 if oldest is None else max(0.0, now - oldest)
 
   # ---- threads ------------------------------------------------------------------------------
 
@@ -111,7 +120,8 @@ class Puller:
         delay = min(delay * 2, 30.0)
         continue
       with self._lock:
-        self._leased.update(r.ack_id for r in reply.received_messages)
+        self._leased.update((r.ack_id, r.message.publish_time.timestamp())
+                            for r in reply.received_messages)
       for r in reply.received_messages:
         self._inbox.put(Received(
             r.message.data, r.message.message_id,

@@ -61,6 +61,10 @@ class Metrics:
     self.deletions = Counter('sync_deletions_skipped', 'Changes that deleted a document (consent '
                              'withdrawn, erasure): nothing is sent', registry=r)
     self.batches = Counter('sync_batches', 'Batches handled', registry=r)
+    # Set to read the puller's oldest_age at each scrape (connector/sync/__main__.py).
+    self.oldest = Gauge('sync_oldest_message_age_seconds', 'Age (from its Pub/Sub publish time) '
+                        'of the oldest profile change pulled and not yet acknowledged; 0 when '
+                        'none is held', registry=r)
 
 
 @dataclasses.dataclass

@@ -221,7 +221,9 @@ def test_a_killed_worker_loses_nothing_and_resends_nothing_accepted(
   braze = receivers['braze']
   paths = pubsub(unique_name)
   customers = [f'k{i:04d}' for i in range(150)]  # 2 Braze requests of 75
+  before = time.time()
   publish_changes(paths['changes'][0], customers, 10)
+  after = time.time()
   # Two requests a second: after the first is answered, there is time to hold the next.
   worker = Worker(tmp_path, unique_name, paths, [destination(
       'braze', braze, rate_limit={'requests_per_second': 2, 'burst': 1})],
@@ -230,6 +232,10 @@ def test_a_killed_worker_loses_nothing_and_resends_nothing_accepted(
   braze.hang_next(10)
   wait(lambda: len(braze.recorded) >= 2, 30, 'the second request, held')
   assert [r.status for r in braze.recorded] == [201, None]
+  # The batch is held, unacknowledged: the gauge is the oldest change's age since publishing.
+  asked = time.time()
+  age = worker.metric('sync_oldest_message_age_seconds')
+  assert asked - after - 0.05 <= age <= time.time() - before + 0.05, (age, asked - after)
   worker.kill()  # mid-batch: one request accepted, one in flight
   braze.reset_faults()
   braze.release()
@@ -243,6 +249,8 @@ def test_a_killed_worker_loses_nothing_and_resends_nothing_accepted(
     assert sorted(log) == sorted(customers)  # each exactly once: nothing resent, nothing lost
     assert all(braze.accepted()[c]['segment'] == f'{c}-10' for c in customers)
     assert worker.metric('sync_attributes_skipped_total', destination='braze', reason='older') == 75 * 2
+    wait(lambda: worker.metric('sync_oldest_message_age_seconds') == 0, 10,
+         'the gauge to say nothing is held once every change was acknowledged')
   finally:
     assert worker.stop() == 0
 

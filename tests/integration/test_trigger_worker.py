@@ -4,12 +4,14 @@ import http.server
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
 
+import httpx
 import pytest
 from google.cloud import pubsub_v1
 
@@ -75,6 +77,12 @@ def setup(local_stack):
   receiver.shutdown()
 
 
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
 def send(topic, trigger_id):
   body = json.dumps({'trigger_id': trigger_id, 'trigger_type': 'cart_abandoned',
                      'customer_id': 'c1', 'cart': {'item_count': 2}}).encode()
@@ -112,21 +120,38 @@ def test_delivery_is_signed_and_the_message_acknowledged(setup):
   assert pull_all(subscription) == [] and pull_all(dead) == []
 
 
+def sample(metrics, name, **labels):
+  """One sample of the worker's registry; None when it has no such sample."""
+  return metrics.registry.get_sample_value(name, labels)
+
+
 def test_500_and_429_are_retried_with_the_same_idempotency_key(setup):
   topic, subscription, dead, receiver, settings = setup
   receiver.script['tr-2'] = [(500, {}), (429, {'Retry-After': '0'}), (503, {})]
   send(topic, 'tr-2')
-  triggers.Worker(settings).run_once()
+  worker = triggers.Worker(settings)
+  worker.run_once()
   assert [h[webhooks.ID_HEADER] for h, _ in receiver.requests] == ['tr-2'] * 4
   assert pull_all(subscription) == [] and pull_all(dead) == []
+  # Each attempt counted by its status and timed; the message counted once, delivered.
+  m = worker.metrics
+  assert [sample(m, 'triggers_webhook_requests_total', status=s)
+          for s in ('500', '429', '503', '200')] == [1, 1, 1, 1]
+  assert sample(m, 'triggers_webhook_seconds_count') == 4
+  assert sample(m, 'triggers_messages_total', result='delivered') == 1
+  assert sample(m, 'triggers_messages_total', result='dead_lettered') is None
+  assert sample(m, 'triggers_oldest_message_age_seconds') == 0  # nothing held any more
 
 
 def test_400_is_dead_lettered_with_the_response(setup):
   topic, subscription, dead, receiver, settings = setup
   receiver.script['tr-3'] = [(400, {})]
   body = send(topic, 'tr-3')
-  triggers.Worker(settings).run_once()
+  worker = triggers.Worker(settings)
+  worker.run_once()
   assert len(receiver.requests) == 1
+  assert sample(worker.metrics, 'triggers_messages_total', result='dead_lettered') == 1
+  assert sample(worker.metrics, 'triggers_webhook_requests_total', status='400') == 1
   [letter] = pull_all(dead, expect=1)
   record = json.loads(letter.data)
   assert (record['trigger_id'], record['status'], record['attempts']) == ('tr-3', 400, 1)
@@ -152,16 +177,27 @@ def test_a_worker_killed_mid_delivery_loses_nothing(local_stack, setup):
     subscription = f'projects/{PROJECT}/subscriptions/{name}'
     subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=10)
   receiver.hold.add('tr-5')  # the provider is slow on the first attempt
+  before = time.time()
   send(topic, 'tr-5')
+  after = time.time()
+  port = _free_port()
   env = {**os.environ, 'TRIGGERS_SUBSCRIPTION': subscription, 'TRIGGERS_WEBHOOK_URL': receiver.url,
          'TRIGGERS_SIGNING_SECRET': SECRET.decode(), 'TRIGGERS_DEAD_LETTER_TOPIC':
-             settings.dead_letter_topic, 'TRIGGERS_BACKOFF_SECONDS': '0.01'}
+             settings.dead_letter_topic, 'TRIGGERS_BACKOFF_SECONDS': '0.01',
+         'TRIGGERS_METRICS_LISTEN': f'127.0.0.1:{port}'}
   worker = subprocess.Popen([sys.executable, '-m', 'connector.triggers'], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 30
   while not receiver.requests and time.monotonic() < deadline:
     time.sleep(0.1)
   assert receiver.requests, 'the worker never called the webhook'
+  # Its /metrics, while the trigger is held: the message's age from its publish time.
+  asked = time.time()
+  text = httpx.get(f'http://127.0.0.1:{port}/metrics', timeout=5).text
+  answered = time.time()
+  [age] = [float(line.split()[1]) for line in text.splitlines()
+           if line.startswith('triggers_oldest_message_age_seconds ')]
+  assert asked - after - 0.05 <= age <= answered - before + 0.05, (age, asked - after)
   worker.send_signal(signal.SIGKILL)  # dies while the webhook call is in flight
   worker.wait(timeout=10)
   restarted = subprocess.Popen([sys.executable, '-m', 'connector.triggers'], env=env,
