@@ -11,7 +11,7 @@ import uvicorn
 from collector.app import Collector
 from collector.config import ConfigError, KeyRing, Settings
 from collector.server import with_header_deadline
-from connector import logs
+from connector import logs, tls
 
 
 def main(argv=None) -> int:
@@ -39,13 +39,16 @@ def main(argv=None) -> int:
       # SIGTERM: uvicorn stops accepting and waits for requests in flight (each waits at most
       # for its body and its publish), then the lifespan shutdown flushes the Pub/Sub client.
       timeout_graceful_shutdown=int(settings.body_timeout_seconds
-                                    + settings.publish_timeout_seconds) + 5))
+                                    + settings.publish_timeout_seconds) + 5,
+      # With COLLECTOR_TLS_CERT_FILE and _KEY_FILE: HTTPS (TLS 1.2+) on the listener itself.
+      **tls.uvicorn_options(settings.tls)))
   # uvicorn re-raises the signal it shut down for once it is done; a SIGTERM that ended in a
   # clean shutdown then exits 0 instead of dying by the signal.
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
   signal.signal(signal.SIGHUP, lambda *_: keys.reload())
   logging.getLogger('collector').info('collector starting', extra={
-      'host': settings.host, 'port': settings.port, 'topic': settings.topic_path})
+      'host': settings.host, 'port': settings.port, 'topic': settings.topic_path,
+      'tls': settings.tls is not None})
   # What is loaded by now lives as long as the process. Frozen, it is left out of the garbage
   # collector's full passes, which otherwise walk it all and stalled the event loop for up to
   # 56 ms at a time under load (docs/PERFORMANCE.md, "Collector").

@@ -15,6 +15,7 @@ import pathlib
 import re
 from typing import Mapping, Sequence
 
+from connector import tls as tls_files
 # A source name becomes a Pub/Sub attribute and part of the events table's `source` column: the
 # pipeline's own rule for it decides what the collector accepts, so the two cannot disagree.
 from transforms.rules.source_tags import is_source_name
@@ -43,6 +44,12 @@ _SETTINGS = (
      'COLLECTOR_WRITE_KEYS. A file that fails to parse on SIGHUP leaves the old keys in force.'),
     ('COLLECTOR_HOST', '--host', '127.0.0.1', 'Address to listen on.'),
     ('COLLECTOR_PORT', '--port', '8088', 'Port to listen on.'),
+    ('COLLECTOR_TLS_CERT_FILE', '--tls-cert-file', None,
+     'PEM certificate chain (the server\'s certificate first). With COLLECTOR_TLS_KEY_FILE the '
+     'collector serves HTTPS itself, TLS 1.2 and 1.3 only; neither: plain HTTP (behind a '
+     'TLS-terminating load balancer). Read once at start-up.'),
+    ('COLLECTOR_TLS_KEY_FILE', '--tls-key-file', None,
+     'PEM private key of that certificate, unencrypted; required with COLLECTOR_TLS_CERT_FILE.'),
     ('COLLECTOR_ALLOWED_ORIGINS', '--allowed-origins', '',
      'Comma-separated origins browsers may send from (CORS), e.g. https://shop.example.com; '
      '* allows any. Empty: no CORS headers (server-side SDKs need none).'),
@@ -88,6 +95,7 @@ class Settings:
   write_keys_file: str | None = None
   host: str = '127.0.0.1'
   port: int = 8088
+  tls: tls_files.Tls | None = None
   allowed_origins: tuple[str, ...] = ()
   trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
   truncate_ip: bool = False
@@ -128,6 +136,7 @@ class Settings:
         project=project, topic=topic, write_keys=keys, write_keys_file=key_file or None,
         host=raw['COLLECTOR_HOST'],
         port=_number(raw, 'COLLECTOR_PORT', int, 1, 65535),
+        tls=_tls(raw),
         allowed_origins=tuple(_split(raw['COLLECTOR_ALLOWED_ORIGINS'])),
         trusted_proxies=_networks(raw['COLLECTOR_TRUSTED_PROXIES']),
         truncate_ip=_boolean(raw, 'COLLECTOR_TRUNCATE_IP'),
@@ -261,6 +270,15 @@ class KeyRing:
     _log.info('write keys reloaded', extra={'sources': sorted(set(keys.values())),
                                             'keys': len(keys)})
     return True
+
+
+def _tls(raw) -> tls_files.Tls | None:
+  """COLLECTOR_TLS_CERT_FILE and COLLECTOR_TLS_KEY_FILE (PEM), both or neither."""
+  try:
+    return tls_files.from_settings(raw['COLLECTOR_TLS_CERT_FILE'], raw['COLLECTOR_TLS_KEY_FILE'],
+                                   'COLLECTOR_TLS_CERT_FILE', 'COLLECTOR_TLS_KEY_FILE')
+  except tls_files.TlsError as err:
+    raise ConfigError(str(err)) from None
 
 
 def _split(text: str) -> list[str]:

@@ -3,7 +3,7 @@ import sys
 
 import uvicorn
 
-from connector import logs
+from connector import logs, tls
 from connector.app import create_app
 from connector.config import ConfigError, Settings
 
@@ -15,8 +15,9 @@ def main() -> int:
   except ConfigError as err:
     print(f'error: {err}', file=sys.stderr)
     return 2
+  # With CONNECTOR_TLS_CERT_FILE and _KEY_FILE the listener serves HTTPS (TLS 1.2+) itself.
   uvicorn.run(create_app(settings), host=settings.host, port=settings.port, access_log=False,
-              log_config=None)
+              log_config=None, **tls.uvicorn_options(settings.tls))
   return 0
 
 

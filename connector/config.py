@@ -8,6 +8,7 @@ import pathlib
 import re
 import urllib.parse
 
+from connector import tls as tls_files
 from transforms.rules.holdout import DEFAULT_SALT, Holdout
 from transforms.rules.tracking import KeyRingError, TokenKeys, safe_url
 
@@ -70,6 +71,8 @@ class Settings:
   host: str = '127.0.0.1'
   port: int = 8080
   max_batch: int = 100
+  # HTTPS on the listener itself (CONNECTOR_TLS_CERT_FILE and _KEY_FILE); None: plain HTTP.
+  tls: tls_files.Tls | None = None
   # Tracking URLs (docs/CONNECTOR.md, "Tracking, holdout and exposures"): off without keys.
   tracking_keys: TokenKeys | None = dataclasses.field(default=None, repr=False)
   tracking_base_url: str | None = None
@@ -130,6 +133,7 @@ class Settings:
     return cls(project=project, database=env.get('CONNECTOR_DATABASE', '(default)'),
                collection=env.get('CONNECTOR_COLLECTION', 'customers'), api_keys=tuple(keys),
                cache_ttl_seconds=ttl, host=env.get('CONNECTOR_HOST', '127.0.0.1'), port=port,
+               tls=_tls(env),
                tracking_keys=_tracking_keys(env),
                tracking_base_url=env.get('CONNECTOR_TRACKING_BASE_URL') or None,
                tracking_ttl_days=_ttl_days(env.get('CONNECTOR_TRACKING_TTL_DAYS') or '90'),
@@ -205,3 +209,13 @@ def _holdout(env) -> Holdout:
     return Holdout(percent, env.get('CONNECTOR_HOLDOUT_SALT') or DEFAULT_SALT)
   except ValueError as err:
     raise ConfigError(f'CONNECTOR_HOLDOUT_SALT is refused ({err})') from None
+
+
+def _tls(env) -> tls_files.Tls | None:
+  """CONNECTOR_TLS_CERT_FILE and CONNECTOR_TLS_KEY_FILE (PEM), both or neither."""
+  try:
+    return tls_files.from_settings(env.get('CONNECTOR_TLS_CERT_FILE') or None,
+                                   env.get('CONNECTOR_TLS_KEY_FILE') or None,
+                                   'CONNECTOR_TLS_CERT_FILE', 'CONNECTOR_TLS_KEY_FILE')
+  except tls_files.TlsError as err:
+    raise ConfigError(str(err)) from None
