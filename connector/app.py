@@ -26,6 +26,7 @@ before the answer goes out (connector/engagement.py, connector/exposures.py).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hmac
 import logging
 import time
@@ -33,12 +34,13 @@ import time
 import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import generate_latest
 
 from connector import audiences, engagement, shaping, stream
 from connector.config import Settings
 from connector.exposures import Exposures, ExposureUnavailable
+from connector.redis_tier import Breaker, RedisEntries, RedisFailed
 from connector.store import DocumentStore, StoreUnavailable, TtlCache
 
 MAX_BODY_BYTES = 64 * 1024
@@ -62,9 +64,14 @@ def _json(status: int, body, headers: dict | None = None) -> Response:
 
 
 def create_app(settings: Settings, store: DocumentStore | None = None,
-               exposures: Exposures | None = None, clock=time.time):
+               exposures: Exposures | None = None, clock=time.time,
+               redis: RedisEntries | None = None):
   store = store or DocumentStore(settings.project, settings.database, settings.collection)
   cache = TtlCache(settings.cache_ttl_seconds)
+  if redis is None and settings.redis is not None:
+    redis = RedisEntries(settings.redis.url, settings.redis.prefix, settings.redis.timeout_seconds)
+  breaker = (Breaker(settings.redis.breaker_failures, settings.redis.breaker_seconds)
+             if settings.redis is not None else None)
   keys = tuple(k.encode() for k in settings.api_keys)
   registry = CollectorRegistry()
   requests = Counter('connector_requests', 'Requests by endpoint and status',
@@ -79,6 +86,15 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
                        registry=registry)
   exposure_results = Counter('connector_exposures', 'Exposure recordings by result',
                              ['result'], registry=registry)
+  redis_lookups = Counter('connector_redis_lookups', 'Redis serving-tier lookups by result: hit, '
+                          'miss (read from Firestore), error and breaker_open (Redis failed or '
+                          'skipped: read from Firestore)', ['result'], registry=registry)
+  breaker_open = Gauge('connector_redis_breaker_open', '1 while the Redis circuit breaker is open '
+                       '(lookups go to Firestore)', registry=registry)
+  document_age = Histogram('connector_document_age_seconds', 'Age of each document served: '
+                           'its last_event_at to now', registry=registry,
+                           buckets=(1, 5, 15, 30, 60, 300, 900, 3600, 6 * 3600, 86_400,
+                                    7 * 86_400))
   cache_control = f'private, max-age={int(settings.cache_ttl_seconds)}'
   tracking = engagement.Tracking(settings.tracking_keys, settings.tracking_base_url,
                                  settings.tracking_ttl_seconds) if settings.tracking_keys else None
@@ -155,7 +171,50 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
       return False
     return True
 
-  async def lookup(ids: list[str]) -> dict[str, dict | None]:
+  def observe_age(document: dict, now: float) -> None:
+    last = document.get('last_event_at')
+    if isinstance(last, str):
+      try:
+        age = now - dt.datetime.fromisoformat(last).timestamp()
+      except ValueError:
+        return
+      document_age.observe(max(0.0, age))
+
+  async def from_redis(ids: list[str]) -> tuple[dict, dict, list[str]]:
+    """(documents found, their entries, ids left for Firestore) from the Redis tier."""
+    if not breaker.allow():
+      redis_lookups.labels('breaker_open').inc(len(ids))
+      return {}, {}, ids
+    try:
+      entries = await redis.get_many(ids)
+    except RedisFailed as err:
+      breaker.failure()
+      breaker_open.set(1 if breaker.is_open else 0)
+      redis_lookups.labels('error').inc(len(ids))
+      logging.getLogger('connector').warning('Redis lookup failed, reading Firestore: %s', err)
+      return {}, {}, ids
+    breaker.success()
+    breaker_open.set(0)
+    found, kept, missing = {}, {}, []
+    for customer_id, entry in entries.items():
+      if entry is None:
+        missing.append(customer_id)
+        continue
+      # A tombstone is a deleted document: as Firestore would answer, not found.
+      found[customer_id] = None if entry.body is None else orjson.loads(entry.body)
+      kept[customer_id] = entry
+    redis_lookups.labels('hit').inc(len(found))
+    if missing:
+      redis_lookups.labels('miss').inc(len(missing))
+    return found, kept, missing
+
+  async def lookup(ids: list[str]) -> tuple[dict[str, dict | None], dict]:
+    """Each id's document (None: there is none) and, for those Redis served, their entries."""
+    if redis is not None:
+      found, entries, missing = await from_redis(ids)
+      if missing:
+        found.update(await store.get_many(missing))
+      return found, entries
     found, missing = {}, []
     for customer_id in ids:
       hit, value = cache.get(customer_id)
@@ -169,7 +228,7 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
       for customer_id, document in fetched.items():
         cache.put(customer_id, document)
         found[customer_id] = document
-    return found
+    return found, {}
 
   @app.get('/v1/customers/{customer_id}/personalization')
   async def personalization(request: Request, customer_id: str, fields: str | None = None,
@@ -182,7 +241,8 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
     except shaping.BadRequest as err:
       return _json(400, {'error': 'bad_request', 'message': str(err)})
     try:
-      document = (await lookup([customer_id]))[customer_id]
+      found, entries = await lookup([customer_id])
+      document = found[customer_id]
     except StoreUnavailable as err:
       logging.getLogger('connector').warning('lookup failed: %s', err)
       return unavailable()
@@ -193,9 +253,17 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
       # For a send the 404 says the holdout too: the ESP sends its fallback to treatment only.
       return _json(404, {'error': 'not_found', **({} if send is None else {'holdout': holdout})},
                    {'Cache-Control': cache_control})
-    body = shaping.render(respond(customer_id, document, holdout, wanted, limit_recommendations,
-                                  send, int(clock())))
-    tag = shaping.etag(body)
+    now = clock()
+    observe_age(document, now)
+    entry = entries.get(customer_id)
+    if (entry is not None and send is None and limit_recommendations is None
+        and wanted == shaping.served_fields() and document.get('holdout') == holdout):
+      # A plain lookup: the writer's bytes and ETag are the answer (transforms/rules/served.py).
+      body, tag = entry.body, entry.etag
+    else:
+      body = shaping.render(respond(customer_id, document, holdout, wanted,
+                                    limit_recommendations, send, int(now)))
+      tag = shaping.etag(body)
     headers = {'ETag': tag, 'Cache-Control': cache_control}
     if tag in [t.strip() for t in request.headers.get('if-none-match', '').split(',')]:
       return Response(status_code=304, headers=headers)
@@ -227,14 +295,18 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
     except shaping.BadRequest as err:
       return _json(400, {'error': 'bad_request', 'message': str(err)})
     try:
-      found = await lookup(ids)
+      found, _ = await lookup(ids)
     except StoreUnavailable as err:
       logging.getLogger('connector').warning('lookup failed: %s', err)
       return unavailable()
     holdout = {i: held_out(i, found[i]) for i in ids}
     if not await record_exposures([i for i, held in holdout.items() if held], send):
       return unavailable()
-    now = int(clock())
+    now = clock()
+    for document in found.values():
+      if document is not None:
+        observe_age(document, now)
+    now = int(now)
     answer = {'customers': {i: respond(i, d, holdout[i], wanted, None, send, now)
                             for i, d in found.items() if d is not None},
               'not_found': [i for i, d in found.items() if d is None]}
@@ -292,7 +364,16 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
       await store.ping()
     except Exception as err:  # any failure to reach Firestore means not ready; say which
       return _json(503, {'status': 'unavailable', 'reason': type(err).__name__})
-    return _json(200, {'status': 'ready'})
+    if redis is None:
+      return _json(200, {'status': 'ready'})
+    # Ready without Redis too (lookups fall back to Firestore); the answer says which.
+    try:
+      await redis.ping()
+      tier = 'ok'
+    except Exception as err:  # noqa: BLE001 - reported, not raised
+      tier = f'unavailable ({type(err).__name__})'
+    return _json(200, {'status': 'ready', 'redis': tier,
+                       'redis_breaker': 'open' if breaker.is_open else 'closed'})
 
   @app.get('/metrics')
   async def metrics():
@@ -308,6 +389,8 @@ def create_app(settings: Settings, store: DocumentStore | None = None,
     if changes is not None:
       await changes.stop()
     await store.close()
+    if redis is not None:
+      await redis.close()
     if exposures is not None:
       await exposures.close()
 

@@ -62,6 +62,55 @@ class StreamSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class RedisSettings:
+  """The Redis serving tier (docs/OPERATIONS.md, "The Redis serving tier"): entries the
+  pipeline's Firestore writer puts (its --redis_url), read before Firestore. `timeout_seconds`
+  bounds each lookup; after `breaker_failures` failures in a row Redis is skipped for
+  `breaker_seconds`, then tried again."""
+  url: str = dataclasses.field(repr=False)  # may carry a password
+  prefix: str = 'personalization:customers:'
+  timeout_seconds: float = 0.1
+  breaker_failures: int = 5
+  breaker_seconds: float = 5.0
+
+  def __post_init__(self):
+    parts = urllib.parse.urlsplit(self.url or '')
+    if parts.scheme not in ('redis', 'rediss', 'unix') or not (parts.hostname or parts.path):
+      raise ConfigError('CONNECTOR_REDIS_URL must be redis://HOST:PORT/DB (rediss:// for TLS, '
+                        'unix:// for a socket), the pipeline\'s --redis_url')
+    if not self.prefix or any(c.isspace() for c in self.prefix):
+      raise ConfigError('CONNECTOR_REDIS_KEY_PREFIX must be non-empty, without spaces (the '
+                        'pipeline\'s --redis_key_prefix)')
+    for name, value, low, high in (('CONNECTOR_REDIS_TIMEOUT_MS', self.timeout_seconds * 1000,
+                                    1, 10_000),
+                                   ('CONNECTOR_REDIS_BREAKER_SECONDS', self.breaker_seconds,
+                                    0.1, 3600)):
+      if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+          low <= value <= high):
+        raise ConfigError(f'{name} must be a number from {low} to {high}, got {value!r}')
+    failures = self.breaker_failures
+    if isinstance(failures, bool) or not isinstance(failures, int) or not 1 <= failures <= 1000:
+      raise ConfigError(f'CONNECTOR_REDIS_BREAKER_FAILURES must be a whole number from 1 to '
+                        f'1000, got {failures!r}')
+
+  @classmethod
+  def from_env(cls, env) -> 'RedisSettings | None':
+    url = env.get('CONNECTOR_REDIS_URL')
+    if not url:
+      return None
+    def number(name: str, default: str, kind):
+      raw = env.get(name) or default
+      try:
+        return kind(raw)
+      except ValueError:
+        raise ConfigError(f'{name} must be a number, got {raw[:50]!r}') from None
+    return cls(url=url, prefix=env.get('CONNECTOR_REDIS_KEY_PREFIX') or cls.prefix,
+               timeout_seconds=number('CONNECTOR_REDIS_TIMEOUT_MS', '100', float) / 1000,
+               breaker_failures=number('CONNECTOR_REDIS_BREAKER_FAILURES', '5', int),
+               breaker_seconds=number('CONNECTOR_REDIS_BREAKER_SECONDS', '5', float))
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
   project: str
   database: str = '(default)'
@@ -82,6 +131,7 @@ class Settings:
   events_topic: str | None = None
   exposures_collection: str = 'exposures'
   stream: StreamSettings = StreamSettings()
+  redis: RedisSettings | None = None
 
   def __post_init__(self):
     """The rules that tie settings together hold however Settings was built (from_env or by
@@ -103,6 +153,11 @@ class Settings:
                         f'{self.events_topic[:200]!r}')
     if not self.exposures_collection or '/' in self.exposures_collection:
       raise ConfigError('CONNECTOR_EXPOSURES_COLLECTION must be a collection id (no `/`)')
+    if self.redis is not None and self.cache_ttl_seconds > 0:
+      # An in-process copy would outlive a newer entry in Redis: with Redis there is none.
+      raise ConfigError('CONNECTOR_CACHE_TTL_SECONDS must be 0 (its default) with '
+                        'CONNECTOR_REDIS_URL: Redis is the shared cache, and a local copy could '
+                        'serve a document older than Firestore\'s')
 
   @property
   def tracking_ttl_seconds(self) -> int:
@@ -123,8 +178,9 @@ class Settings:
                         '(one key per line): every endpoint but health needs a key')
     if any(len(k) < 16 for k in keys):
       raise ConfigError('API keys must be at least 16 characters long')
+    redis = RedisSettings.from_env(env)
     try:
-      ttl = float(env.get('CONNECTOR_CACHE_TTL_SECONDS', '30'))
+      ttl = float(env.get('CONNECTOR_CACHE_TTL_SECONDS') or ('0' if redis else '30'))
       port = int(env.get('CONNECTOR_PORT', '8080'))
     except ValueError as err:
       raise ConfigError(f'CONNECTOR_CACHE_TTL_SECONDS / CONNECTOR_PORT: {err}') from err
@@ -139,7 +195,7 @@ class Settings:
                tracking_ttl_days=_ttl_days(env.get('CONNECTOR_TRACKING_TTL_DAYS') or '90'),
                holdout=_holdout(env), events_topic=env.get('CONNECTOR_EVENTS_TOPIC') or None,
                exposures_collection=env.get('CONNECTOR_EXPOSURES_COLLECTION') or 'exposures',
-               stream=StreamSettings.from_env(env))
+               stream=StreamSettings.from_env(env), redis=redis)
 
 
 def base_url(raw: str) -> str:

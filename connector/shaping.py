@@ -62,7 +62,9 @@ def _plain(value: Any) -> Any:
   if isinstance(value, dt.datetime):
     return iso_time(value)
   if isinstance(value, dict):
-    return {k: _plain(v) for k, v in value.items()}
+    # Nested keys sorted: Firestore gives a map's fields back in no set order, and the bytes
+    # (and so the ETag) of an answer must depend on the document only, wherever it was read.
+    return {k: _plain(value[k]) for k in sorted(value)}
   if isinstance(value, list):
     return [_plain(v) for v in value]
   return value

@@ -126,6 +126,9 @@ class _FoldLiveFn(beam.DoFn):
   DECAY = TimerSpec('decay', TimeDomain.REAL_TIME)
   # The audiences of the last render (--audiences), to record each membership change once.
   MEMBERS = ReadModifyWriteStateSpec('members', coders.PickleCoder())
+  # (event_time, message_id, publish time) of the newest event read from Pub/Sub, for the
+  # writer's freshness figure (transforms/sinks/firestore.py); not part of the profile.
+  NEWEST = ReadModifyWriteStateSpec('newest_published', coders.PickleCoder())
 
   def __init__(self, settings: profile.Settings, live: LiveSettings, reference: ReferenceFiles,
                popularity: FirestoreLocation | None = None):
@@ -139,8 +142,15 @@ class _FoldLiveFn(beam.DoFn):
 
   def process(self, element, stored=beam.DoFn.StateParam(PROFILE),
               pending=beam.DoFn.StateParam(PENDING), flush=beam.DoFn.TimerParam(FLUSH),
-              abandon=beam.DoFn.TimerParam(ABANDON), decay=beam.DoFn.TimerParam(DECAY)):
+              abandon=beam.DoFn.TimerParam(ABANDON), decay=beam.DoFn.TimerParam(DECAY),
+              newest=beam.DoFn.StateParam(NEWEST), published=beam.DoFn.TimestampParam):
     customer_id, event = element
+    if str(event.get('source') or '').startswith('pubsub'):
+      # A Pub/Sub event's element timestamp is its publish time (ReadPubSubEvents).
+      key = (event['event_time'], event['message_id'])
+      held = newest.read()
+      if held is None or key > held[:2]:
+        newest.write((*key, published.micros))
     stored_state = stored.read()
     state = (profile.upgraded(stored_state) if stored_state is not None
              else profile.new_state(customer_id))
@@ -168,25 +178,26 @@ class _FoldLiveFn(beam.DoFn):
   def on_flush(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                stored=beam.DoFn.StateParam(PROFILE), pending=beam.DoFn.StateParam(PENDING),
                triggered=beam.DoFn.StateParam(TRIGGERED),
-               members=beam.DoFn.StateParam(MEMBERS)):
+               members=beam.DoFn.StateParam(MEMBERS), newest=beam.DoFn.StateParam(NEWEST)):
     pending.clear()
-    yield from self._emit(key, stored.read(), triggered, members, fired.micros)
+    yield from self._emit(key, stored.read(), triggered, members, fired.micros, newest)
 
   @on_timer(ABANDON)
   def on_abandon(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                  stored=beam.DoFn.StateParam(PROFILE),
                  triggered=beam.DoFn.StateParam(TRIGGERED),
-                 members=beam.DoFn.StateParam(MEMBERS)):
-    yield from self._emit(key, stored.read(), triggered, members, fired.micros)
+                 members=beam.DoFn.StateParam(MEMBERS), newest=beam.DoFn.StateParam(NEWEST)):
+    yield from self._emit(key, stored.read(), triggered, members, fired.micros, newest)
 
   @on_timer(DECAY)
   def on_decay(self, key=beam.DoFn.KeyParam, fired=beam.DoFn.TimestampParam,
                stored=beam.DoFn.StateParam(PROFILE), triggered=beam.DoFn.StateParam(TRIGGERED),
-               members=beam.DoFn.StateParam(MEMBERS), decay=beam.DoFn.TimerParam(DECAY)):
+               members=beam.DoFn.StateParam(MEMBERS), decay=beam.DoFn.TimerParam(DECAY),
+               newest=beam.DoFn.StateParam(NEWEST)):
     state = stored.read()
     if state is not None and self._settings.audiences is not None:
       self._set_decay(decay, profile.upgraded(state), fired.micros)
-    yield from self._emit(key, state, triggered, members, fired.micros)
+    yield from self._emit(key, state, triggered, members, fired.micros, newest)
 
   def _set_decay(self, decay, state, now: int) -> None:
     """The decay timer at the next time a windowed trait changes (one timer per key: setting it
@@ -195,7 +206,7 @@ class _FoldLiveFn(beam.DoFn):
     if due is not None:
       decay.set(Timestamp(micros=max(due, now + 1)))
 
-  def _emit(self, customer_id, state, triggered, members, now: int):
+  def _emit(self, customer_id, state, triggered, members, now: int, newest):
     if state is None:
       return
     state = profile.upgraded(state)
@@ -217,6 +228,10 @@ class _FoldLiveFn(beam.DoFn):
         yield beam.pvalue.TaggedOutput('audience_changes', change)
       if list(previous) != list(current):
         members.write(list(current))
+    held = newest.read()
+    if document is not None and held is not None and held[0] == state['last_event_at']:
+      # The publish time of the event behind `last_event_at`, for the writer to measure and drop.
+      document[serving.PUBLISHED_AT] = held[2]
     yield customer_id, document
 
 

@@ -12,6 +12,10 @@ def counter(name: str):
   return Metrics.counter(NAMESPACE, name)
 
 
+def distribution(name: str):
+  return Metrics.distribution(NAMESPACE, name)
+
+
 # Events: read = unique + duplicates + dead_lettered.
 EVENTS_READ = 'events_read'
 EVENTS_VALID = 'events_valid'
@@ -30,6 +34,10 @@ DEAD_LETTER_BY_TYPE = 'dead_letter_{failure_type}'
 # Sinks.
 ROWS_SENT = 'rows_sent_{table}'
 ROWS_REJECTED = 'rows_rejected_{table}'
+# Batch loads (transforms/sinks/bigquery_merge.py): rows a MERGE (or the hourly rebuild) added to
+# the table, and staged (or rebuilt) rows the table already held.
+ROWS_ADDED = 'rows_added_{table}'
+ROWS_PRESENT = 'rows_present_{table}'
 DOCUMENTS_WRITTEN = 'documents_written'
 DOCUMENTS_DELETED = 'documents_deleted'
 # A write skipped because Firestore already holds a newer document (replay or retry).
@@ -52,3 +60,12 @@ DOCUMENTS_UNCHANGED = 'documents_unchanged'
 PROFILE_CHANGES_PUBLISHED = 'profile_changes_published'
 # Firestore calls that failed transiently and were retried.
 FIRESTORE_RETRIES = 'firestore_retries'
+# --redis_url: served entries put into Redis after the commit, entries Redis already held at the
+# same or a newer version (a re-run, a replay), and Redis calls retried.
+REDIS_ENTRIES_WRITTEN = 'redis_entries_written'
+REDIS_ENTRIES_NOT_NEWER = 'redis_entries_not_newer'
+REDIS_RETRIES = 'redis_retries'
+# Freshness, per document written (distributions, milliseconds): from the newest event's event
+# time, and from its Pub/Sub publish time (streaming), to the Firestore commit.
+DOCUMENT_EVENT_LAG_MS = 'document_event_lag_ms'
+DOCUMENT_PUBLISH_LAG_MS = 'document_publish_lag_ms'

@@ -10,6 +10,10 @@ import orjson
 import schemas
 
 CART_ABANDONED = 'cart_abandoned'
+# Streaming: the Pub/Sub publish time (micros) of the event behind a document's `last_event_at`,
+# carried from the live fold to the Firestore writer, which measures the document's freshness
+# with it and drops it: it is never stored, served or compared (transforms/sinks/firestore.py).
+PUBLISHED_AT = '_published_at'
 
 
 def document_json(document: dict) -> str:

@@ -2,6 +2,7 @@
 profile change each write makes (schemas/profile_change.schema.json)."""
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import typing
@@ -11,10 +12,12 @@ import orjson
 from google.api_core import exceptions as api_exceptions
 from google.api_core import retry as api_retry
 
+import schemas
 from transforms import metrics
 from transforms.rules import changes as profile_changes
-from transforms.rules import dead_letters
-from transforms.settings import FirestoreLocation, FirestoreRetry, TriggersTopic
+from transforms.rules import dead_letters, served, serving
+from transforms.settings import FirestoreLocation, FirestoreRetry, RedisTier, TriggersTopic
+from transforms.sinks.redis_tier import RedisWriter
 
 MAX_BATCH_WRITES = 500  # Firestore's limit of writes per commit.
 INVALID_DOCUMENT_ID = 'invalid_document_id'
@@ -94,8 +97,10 @@ class _CommitBatchFn(beam.DoFn):
   """
 
   def __init__(self, location: FirestoreLocation, retry: FirestoreRetry,
-               changes_topic: str | None = None):
+               changes_topic: str | None = None, redis: RedisTier | None = None):
     self._changes_topic = changes_topic
+    self._redis_tier = redis
+    self._redis = None
     self._retry_seconds = retry.seconds
     self._project = location.project
     self._database = location.database
@@ -109,6 +114,11 @@ class _CommitBatchFn(beam.DoFn):
     self._retries = metrics.counter(metrics.FIRESTORE_RETRIES)
     self._unchanged = metrics.counter(metrics.DOCUMENTS_UNCHANGED)
     self._published = metrics.counter(metrics.PROFILE_CHANGES_PUBLISHED)
+    self._redis_written = metrics.counter(metrics.REDIS_ENTRIES_WRITTEN)
+    self._redis_not_newer = metrics.counter(metrics.REDIS_ENTRIES_NOT_NEWER)
+    self._redis_retries = metrics.counter(metrics.REDIS_RETRIES)
+    self._event_lag = metrics.distribution(metrics.DOCUMENT_EVENT_LAG_MS)
+    self._publish_lag = metrics.distribution(metrics.DOCUMENT_PUBLISH_LAG_MS)
 
   def setup(self):
     from google.cloud import firestore  # honours FIRESTORE_EMULATOR_HOST
@@ -117,6 +127,8 @@ class _CommitBatchFn(beam.DoFn):
       from google.cloud import pubsub_v1  # honours PUBSUB_EMULATOR_HOST
       self._publisher = pubsub_v1.PublisherClient()
     self._client = firestore.Client(project=self._project, database=self._database)
+    if self._redis_tier is not None:
+      self._redis = RedisWriter(self._redis_tier, on_retry=lambda err: self._redis_retries.inc())
     self._server_time = firestore.SERVER_TIMESTAMP
     # Transient errors are retried with exponential backoff and jitter (google.api_core) for at
     # most `retry_seconds`, each call bounded by `_call_timeout`; then FirestoreUnavailable.
@@ -136,9 +148,15 @@ class _CommitBatchFn(beam.DoFn):
     latest = dict(batch)
     if len(batch) > len(latest):
       self._superseded.inc(len(batch) - len(latest))
+    published = {}
+    for doc_id, document in latest.items():
+      if document is not None and serving.PUBLISHED_AT in document:
+        document = dict(document)
+        published[doc_id] = document.pop(serving.PUBLISHED_AT)
+        latest[doc_id] = document
     for attempt in range(1, MAX_PRECONDITION_ATTEMPTS + 1):
       try:
-        written, deleted, stale, unchanged, changes = self._commit(latest)
+        written, deleted, stale, unchanged, changes, entries = self._commit(latest)
         break
       except _RACE as err:
         if attempt == MAX_PRECONDITION_ATTEMPTS:
@@ -150,12 +168,20 @@ class _CommitBatchFn(beam.DoFn):
             f'{self._retry_seconds:.0f} s of retries; {len(latest)} documents of this batch are '
             f'not written: {type(err).__name__}: {str(err)[:300]}') from err
     self._commits.inc()
+    if self._redis is not None:
+      # After the commit: Redis never holds a version Firestore does not. A failure here fails
+      # the bundle (RedisUnavailable); its retry finds the documents unchanged and puts the
+      # stored entries again, so Redis catches up before the bundle counts as written.
+      put, not_newer = self._redis.put(entries)
+      self._redis_written.inc(put)
+      self._redis_not_newer.inc(not_newer)
     self._written.inc(len(written))
     self._deleted.inc(deleted)
     self._stale.inc(stale)
     self._unchanged.inc(unchanged)
     now = time.time_ns() // 1000
     for doc_id, document in written:
+      self._observe_freshness(document, now, published.get(doc_id))
       yield doc_id, document, now
     for change in changes:
       yield beam.pvalue.TaggedOutput('changes', change)
@@ -168,6 +194,8 @@ class _CommitBatchFn(beam.DoFn):
         list(refs.values()), retry=self._retry, timeout=self._call_timeout)}
     writes = self._client.batch()
     written, changes, deleted, stale, unchanged = [], [], 0, 0, 0
+    # Each customer's serving-tier entry once this batch is committed (--redis_url).
+    entries: dict[str, served.Entry] = {}
     now = time.time_ns() // 1000
     for doc_id, document in latest.items():
       snapshot = stored.get(doc_id)
@@ -178,16 +206,22 @@ class _CommitBatchFn(beam.DoFn):
           writes.delete(refs[doc_id],
                         option=self._client.write_option(last_update_time=snapshot.update_time))
           deleted += 1
-          changes.append(profile_changes.profile_change(
-              doc_id, before, None, profile_changes.next_version(before.get('version'), now), now))
+          change = profile_changes.profile_change(
+              doc_id, before, None, profile_changes.next_version(before.get('version'), now), now)
+          changes.append(change)
+          entries[doc_id] = served.entry(None, change['version'])
+        else:  # already gone; a tombstone, in case an earlier try stopped before Redis had it
+          entries[doc_id] = served.entry(None, profile_changes.next_version(None, now))
         continue
       if exists and is_stale(before.get('last_event_at'), document.get('last_event_at')):
         stale += 1
+        self._keep_entry(entries, doc_id, before)
         continue
       version = profile_changes.next_version(before.get('version') if exists else None, now)
       change = profile_changes.profile_change(doc_id, before, document, version, now)
       if change is None:  # the same content as stored: a re-run or replay writes nothing
         unchanged += 1
+        self._keep_entry(entries, doc_id, before)
         continue
       changes.append(change)
       document = {**document, profile_changes.VERSION: version}
@@ -198,10 +232,27 @@ class _CommitBatchFn(beam.DoFn):
       else:
         writes.create(refs[doc_id], data)
       written.append((doc_id, document))
+      if self._redis is not None:
+        entries[doc_id] = served.entry(document, version)
     if written or deleted:
       self._publish(changes)
       writes.commit(retry=self._retry, timeout=self._call_timeout)
-    return written, deleted, stale, unchanged, changes
+    return written, deleted, stale, unchanged, changes, entries
+
+  def _observe_freshness(self, document: dict, committed: int, published: int | None) -> None:
+    """The lags of one written document: its newest event's event time, and (streaming) that
+    event's Pub/Sub publish time, to the commit, in milliseconds."""
+    last = document.get('last_event_at')
+    if isinstance(last, dt.datetime):
+      self._event_lag.update(max(0, committed - schemas.datetime_to_micros(last)) // 1000)
+    if isinstance(published, int):
+      self._publish_lag.update(max(0, committed - published) // 1000)
+
+  def _keep_entry(self, entries: dict, doc_id: str, stored: dict) -> None:
+    """The stored document's entry, put again when nothing is written (the version check makes
+    it a no-op when Redis has it): how Redis catches up after a failed put."""
+    if self._redis is not None and isinstance(stored.get(profile_changes.VERSION), int):
+      entries[doc_id] = served.entry(stored, stored[profile_changes.VERSION])
 
   def _publish(self, changes: list) -> None:
     """Publishes the batch's changes and waits for every one (a failure fails the bundle)."""
@@ -218,6 +269,8 @@ class _CommitBatchFn(beam.DoFn):
   def teardown(self):
     if self._client is not None:
       self._client.close()
+    if self._redis is not None:
+      self._redis.close()
 
 
 class _WriteOutputs(typing.NamedTuple):
@@ -242,10 +295,11 @@ class WriteDocuments(beam.PTransform):
   """
 
   def __init__(self, location: FirestoreLocation, retry: FirestoreRetry = FirestoreRetry(),
-               changes_topic: TriggersTopic | None = None):
+               changes_topic: TriggersTopic | None = None, redis: RedisTier | None = None):
     super().__init__()
     self._location = location
     self._retry = retry
+    self._redis = redis
     self._changes_topic = changes_topic.path if changes_topic is not None else None
 
   def expand(self, pcoll):
@@ -255,6 +309,6 @@ class WriteDocuments(beam.PTransform):
                | 'Batch' >> beam.BatchElements(min_batch_size=MAX_BATCH_WRITES,
                                                max_batch_size=MAX_BATCH_WRITES)
                | 'Commit' >> beam.ParDo(_CommitBatchFn(
-                   self._location, self._retry, self._changes_topic)).with_outputs(
+                   self._location, self._retry, self._changes_topic, self._redis)).with_outputs(
                        'changes', main='written'))
     return _WriteOutputs(written.written, checked.dead_letter, written.changes)
