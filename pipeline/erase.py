@@ -1,10 +1,12 @@
 """Erasure (right to be forgotten): `python -m pipeline.erase --project P (--customer_id ID ... |
 --customer_ids_file FILE) [--dataset personalization] [--collection customers]
-[--firestore_database '(default)'] [--sync_state_collection sync_state] [--dry_run]`.
+[--firestore_database '(default)'] [--sync_state_collection sync_state]
+[--redis_url redis://HOST:PORT/DB [--redis_key_prefix P]] [--dry_run]`.
 
 Deletes a customer's serving document (`<collection>/<customer_id>` in Firestore), the sync
 worker's state of them for every destination (`<sync_state_collection>/<destination>/customers/
-<customer_id>`, connector/sync/state.py) and their rows in every warehouse table (one DML
+<customer_id>`, connector/sync/state.py), their entry in the Redis serving tier when the job
+writes one (`--redis_url`, the same as the pipeline's: transforms/sinks/redis_tier.py) and their rows in every warehouse table (one DML
 `DELETE` per table for a chunk of customers, ids passed as query parameters, never spliced into
 SQL), then records one `erasure_log` row per customer (`schemas/erasure_log.avsc`; it has no
 column for the sync state, which the summary and the log lines report). The input is the
@@ -50,10 +52,12 @@ from google.api_core.exceptions import GoogleAPICallError, NotFound, RetryError
 from google.cloud import bigquery, firestore
 
 import schemas
-from transforms.rules import dead_letters
+from transforms.rules import dead_letters, served
+from transforms.settings import RedisTier
 from transforms.sinks import bigquery as bigquery_sink
 from transforms.sinks import bigquery_client
 from transforms.sinks.firestore import document_id_problem
+from transforms.sinks.redis_tier import RedisUnavailable, RedisWriter
 
 # Bumped whenever the rules for finding a customer's rows change; logged with every row.
 VERSION = '1'
@@ -110,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
                            'state_collection): the customer\'s state under every destination '
                            'in it is deleted.')
   ids = parser.add_mutually_exclusive_group(required=True)
+  parser.add_argument('--redis_url', default=None,
+                      help="The pipeline's --redis_url, when it writes a Redis serving tier: the "
+                           "customers' entries there are deleted too.")
+  parser.add_argument('--redis_key_prefix', default=served.DEFAULT_PREFIX,
+                      help="The pipeline's --redis_key_prefix.")
   ids.add_argument('--customer_id', action='extend', nargs='+', metavar='ID',
                    help='Customer id(s) to erase (the Segment userId); repeatable.')
   ids.add_argument('--customer_ids_file', metavar='FILE',
@@ -285,6 +294,8 @@ class CustomerResult:
   rows: dict[str, int] = dataclasses.field(default_factory=dict)
   # Destinations whose sync-state document of the customer existed (and was deleted).
   sync_states: list[str] = dataclasses.field(default_factory=list)
+  # --redis_url: whether the serving tier held an entry of the customer (and it was deleted).
+  redis_deleted: bool = False
 
 
 class Eraser:
@@ -293,8 +304,10 @@ class Eraser:
 
   def __init__(self, project: str, dataset: str, collection: str, database: str,
                dry_run: bool, bq: bigquery.Client, fs,
-               sync_state_collection: str = DEFAULT_SYNC_STATE_COLLECTION):
+               sync_state_collection: str = DEFAULT_SYNC_STATE_COLLECTION,
+               redis: RedisWriter | None = None):
     self.project, self.dataset = project, dataset
+    self._redis = redis
     self.collection, self.database = collection, database
     self.sync_state_collection = sync_state_collection
     self.dry_run = dry_run
@@ -346,6 +359,12 @@ class Eraser:
     states = self._sync_state(ids)
     for cid in ids:
       results[cid].sync_states = states.get(cid, [])
+    if self._redis is not None:  # after Firestore: no new entry can come from a deleted document
+      held = self._redis.present(ids)
+      if not self.dry_run and held:
+        self._redis.delete(held)
+      for cid in ids:
+        results[cid].redis_deleted = cid in held
     if not self.dry_run:
       for record in self.tables:  # DELETE_ORDER: events last
         affected = self._delete(record, ids, anonymous_ids, plans[record])
@@ -495,8 +514,14 @@ def erase(args: argparse.Namespace, ids: Sequence[str], bq=None, fs=None) -> lis
     bq = bigquery_client.cloud_client(args.project)
   if fs is None:
     fs = firestore.Client(project=args.project, database=args.firestore_database)
+  redis = None
+  if args.redis_url:
+    try:
+      redis = RedisWriter(RedisTier(args.redis_url, args.redis_key_prefix, retry_seconds=30))
+    except ValueError as err:
+      raise UsageError(str(err)) from None
   eraser = Eraser(args.project, args.dataset, args.collection, args.firestore_database,
-                  args.dry_run, bq, fs, args.sync_state_collection)
+                  args.dry_run, bq, fs, args.sync_state_collection, redis)
   missing = eraser.prepare()
   if missing:
     _log.warning('tables not in %s.%s (skipped, nothing to erase there): %s', args.project,
@@ -509,7 +534,7 @@ def erase(args: argparse.Namespace, ids: Sequence[str], bq=None, fs=None) -> lis
   for chunk in chunked(ids, args.chunk_size):
     try:
       results.extend(eraser.erase_chunk(chunk))
-    except (GoogleAPICallError, RetryError, LogRejected) as err:
+    except (GoogleAPICallError, RetryError, LogRejected, RedisUnavailable) as err:
       raise ChunkFailed(len(results), len(chunk), err) from err
     _log.info('%s %d/%d customers (%.0f%%)', 'checked' if args.dry_run else 'erased',
               len(results), len(ids), 100 * len(results) / len(ids))
@@ -545,6 +570,8 @@ def summary(args: argparse.Namespace, results: Sequence[CustomerResult]) -> str:
            f'sync state ({args.sync_state_collection}) {verb}: ' + (', '.join(
                f'{destination} {states[destination]:,}' for destination in sorted(states))
                or 'none'),
+           *([f'Redis serving tier entries {verb}: '
+              f'{sum(r.redis_deleted for r in results)}'] if args.redis_url else []),
            f'BigQuery rows {verb}: ' + (', '.join(
                f'{schemas.table_id(t)} {totals[t]:,}' for t in DELETE_ORDER if t in totals)
                or 'none (no tables)'),

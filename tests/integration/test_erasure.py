@@ -7,6 +7,7 @@ import csv
 import datetime
 import gzip
 import json
+import os
 import uuid
 
 import pytest
@@ -15,7 +16,10 @@ from google.cloud import bigquery, firestore
 import schemas
 from pipeline import erase, run
 from scripts import generate_data
+from transforms.rules import served
+from transforms.settings import RedisTier
 from transforms.sinks import bigquery_client
+from transforms.sinks.redis_tier import RedisWriter
 
 PROJECT = 'demo-local'
 QUOTED = 'o\'brien"q'  # an id with both quotes: only query parameters handle it
@@ -207,13 +211,19 @@ def test_erase_one_customer_everywhere_then_again(world, capsys):
   assert anonymous and all(owned.values())  # rows in every table, stitched browsing too
   state = f'{world}-sync-{uuid.uuid4().hex[:6]}'
   _sync_state(state, [customer, other])
+  # The serving tier's entries of both (as the writer puts them; the other one's must stay).
+  tier = RedisTier(os.environ['REDIS_URL'], f'{world}:')
+  RedisWriter(tier).put({c: served.entry({'customer_id': c}, 1) for c in (customer, other)})
+  redis_args = (f'--redis_url={tier.url}', f'--redis_key_prefix={tier.prefix}')
   before = _snapshot(world)
 
   assert _erase(f'--dataset={world}', f'--collection={world}', f'--sync_state_collection={state}',
-                '--customer_id', customer) == 0
+                *redis_args, '--customer_id', customer) == 0
   out = capsys.readouterr().out
   assert 'Firestore documents deleted: 1' in out
   assert f'sync state ({state}) deleted: braze 1, klaviyo 1' in out
+  assert 'Redis serving tier entries deleted: 1' in out
+  assert RedisWriter(tier).present([customer, other]) == {other}
 
   assert not _document(world, customer).exists
   # The customer's state is gone under both destinations; the other customer's is kept.
@@ -235,8 +245,10 @@ def test_erase_one_customer_everywhere_then_again(world, capsys):
 
   # Again: nothing left to delete, logged again with zeros, still exit 0.
   assert _erase(f'--dataset={world}', f'--collection={world}', f'--sync_state_collection={state}',
-                '--customer_id', customer) == 0
-  assert f'sync state ({state}) deleted: none' in capsys.readouterr().out
+                *redis_args, '--customer_id', customer) == 0
+  out = capsys.readouterr().out
+  assert f'sync state ({state}) deleted: none' in out
+  assert 'Redis serving tier entries deleted: 0' in out
   assert _snapshot(world) == after
   assert _states(state, other) == list(DESTINATIONS)
   first, second = _log_rows(world, customer)

@@ -85,6 +85,19 @@ class RedisWriter:
     written = sum(1 for result in results if result == 1)
     return written, len(items) - written
 
+  def present(self, customer_ids: typing.Iterable[str]) -> set[str]:
+    """The customers of `customer_ids` that have an entry (or a tombstone)."""
+    ids = list(customer_ids)
+    if not ids:
+      return set()
+
+    def call():
+      pipe = self._connect().pipeline(transaction=False)
+      for customer_id in ids:
+        pipe.exists(served.key(self._tier.prefix, customer_id))
+      return pipe.execute()
+    return {i for i, found in zip(ids, self._retrying(call, f'exists of {len(ids)}')) if found}
+
   def delete(self, customer_ids: typing.Iterable[str]) -> int:
     """Removes the customers' entries, tombstones included (erasure: nothing of them is kept);
     returns how many keys existed."""
