@@ -192,6 +192,13 @@ class PersonalizationOptions(PipelineOptions):
         '--bigquery_location', default=None,
         help='Location of the BigQuery dataset when the job creates it (e.g. EU, US).')
     parser.add_argument(
+        '--bigquery_kms_key', default=None,
+        help='Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K, in the dataset\'s '
+             'location) that encrypts the BigQuery dataset and tables (CMEK): the default key '
+             'of a dataset the job creates and the key of each table it creates. Existing ones '
+             'keep theirs (a warning names them). BigQuery\'s service agent needs '
+             'roles/cloudkms.cryptoKeyEncrypterDecrypter on it (docs/DEPLOY.md).')
+    parser.add_argument(
         '--skip_table_setup', action='store_true', default=False,
         help='Do not create the dataset and tables before the run (they exist already).')
     parser.add_argument(
@@ -222,7 +229,8 @@ class PersonalizationOptions(PipelineOptions):
     project = project or self.view_as(GoogleCloudOptions).project
     return CloudSettings(
         bigquery=BigQueryTarget(project, self.dataset, self.bigquery_write_method,
-                                self.view_as(GoogleCloudOptions).temp_location),
+                                self.view_as(GoogleCloudOptions).temp_location,
+                                kms_key=self.bigquery_kms_key),
         documents=FirestoreLocation(project, self.collection, self.firestore_database),
         popularity=FirestoreLocation(project, self.popularity_collection,
                                      self.firestore_database),

@@ -73,7 +73,8 @@ def launch(argv: list[str] | None = None):
   opts = options.view_as(PersonalizationOptions)
   if not opts.skip_table_setup:
     created = bigquery_sink.ensure_tables(project, opts.dataset,
-                                          location=opts.bigquery_location)
+                                          location=opts.bigquery_location,
+                                          kms_key=opts.bigquery_kms_key)
     _log.info('BigQuery dataset %s.%s ready (created: %s)', project, opts.dataset,
               ', '.join(created) or 'nothing, all tables existed')
   p = beam.Pipeline(options=options)

@@ -26,6 +26,8 @@ import orjson
 from google.api_core import exceptions
 from google.cloud import pubsub_v1
 
+from transforms.rules import resources
+
 _log = logging.getLogger('scripts.publish')
 _TIME_KEYS = ('timestamp', 'originalTimestamp', 'sentAt', 'receivedAt', 'original_timestamp',
               'sent_at', 'received_at')
@@ -41,14 +43,23 @@ def subscription_path(project: str, subscription: str) -> str:
 
 
 def ensure_topic_and_subscription(project: str, topic: str, subscription: str | None = None,
-                                  ack_deadline_seconds: int = 60) -> tuple[str, str | None]:
+                                  ack_deadline_seconds: int = 60,
+                                  kms_key: str | None = None) -> tuple[str, str | None]:
   """Creates the topic and subscription (with that ack deadline) when they do not exist;
-  returns their full paths."""
+  returns their full paths. `kms_key` (CMEK) encrypts the messages of a topic it creates; a topic
+  that exists with another key, or none, keeps it and is logged as a warning."""
   topic = topic_path(project, topic)
+  publisher = pubsub_v1.PublisherClient()
+  request = {'name': topic, 'kms_key_name': kms_key} if kms_key else {'name': topic}
   try:
-    pubsub_v1.PublisherClient().create_topic(name=topic)
+    publisher.create_topic(request=request)
   except exceptions.AlreadyExists:
-    pass
+    if kms_key:
+      has = publisher.get_topic(topic=topic).kms_key_name
+      if has != kms_key:
+        _log.warning('topic %s exists with %s, not %s: it keeps its encryption (gcloud pubsub '
+                     'topics update %s --topic-encryption-key=KEY changes it)', topic,
+                     f'key {has}' if has else 'Google-managed encryption', kms_key, topic)
   if subscription:
     subscription = subscription_path(project, subscription)
     with pubsub_v1.SubscriberClient() as subscriber:
@@ -138,14 +149,20 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--topic', default='events')
   parser.add_argument('--subscription', default=None,
                       help='also create this subscription on the topic (name or full path)')
+  parser.add_argument('--topic-kms-key', default=None, metavar='KEY',
+                      help='Cloud KMS key (projects/P/locations/L/keyRings/R/cryptoKeys/K) that '
+                           'encrypts the topic when it is created (CMEK)')
   parser.add_argument('--rate', type=float, default=100.0, help='messages per second')
   parser.add_argument('--limit', type=int, default=None, help='stop after this many messages')
   parser.add_argument('--keep-times', action='store_true',
                       help='publish the lines unchanged instead of moving their times to now')
   args = parser.parse_args(argv)
+  if args.topic_kms_key and resources.kms_key_problem(args.topic_kms_key):
+    parser.error(f'--topic-kms-key {resources.kms_key_problem(args.topic_kms_key)}')
   if not os.environ.get('PUBSUB_EMULATOR_HOST'):
     _log.warning('PUBSUB_EMULATOR_HOST is not set: publishing to real Pub/Sub in %s', args.project)
-  topic, subscription = ensure_topic_and_subscription(args.project, args.topic, args.subscription)
+  topic, subscription = ensure_topic_and_subscription(args.project, args.topic, args.subscription,
+                                                      kms_key=args.topic_kms_key)
   if subscription:
     _log.info('subscription %s ready', subscription)
   try:

@@ -15,6 +15,8 @@ Required:  PROJECT, REGION, BUCKET (temp and staging files), SUBSCRIPTION
            (projects/P/subscriptions/S), and REPOSITORY (or IMAGE) and TAG as for build.sh
 Optional:  JOB_NAME (email-personalization), MAX_WORKERS (10), NUM_WORKERS,
            WORKER_MACHINE_TYPE, SERVICE_ACCOUNT (worker service account email),
+           DATAFLOW_KMS_KEY (Cloud KMS key of the job's state and disks, CMEK:
+           projects/P/locations/L/keyRings/R/cryptoKeys/K),
            UPDATE=1 (replace the running job JOB_NAME in place), TRANSFORM_NAME_MAPPINGS
            (with UPDATE=1: OldStep=NewStep,...), DRY_RUN=1 (same as --dry-run),
            and any job parameter of templates/metadata.json as an upper-case variable:
@@ -64,6 +66,16 @@ args=(gcloud dataflow flex-template run "$JOB_NAME"
 if [[ -n "${NUM_WORKERS:-}" ]]; then args+=(--num-workers "$NUM_WORKERS"); fi
 if [[ -n "${WORKER_MACHINE_TYPE:-}" ]]; then args+=(--worker-machine-type "$WORKER_MACHINE_TYPE"); fi
 if [[ -n "${SERVICE_ACCOUNT:-}" ]]; then args+=(--service-account-email "$SERVICE_ACCOUNT"); fi
+# Beam's --dataflow_kms_key: gcloud sets it as the job's key (not a parameter of the template).
+if [[ -n "${DATAFLOW_KMS_KEY:-}" ]]; then
+  kms_key='^projects/[^/[:space:]]+/locations/[a-z0-9-]+/keyRings/[A-Za-z0-9_-]+/cryptoKeys/[A-Za-z0-9_-]+$'
+  if [[ ! "$DATAFLOW_KMS_KEY" =~ $kms_key ]]; then
+    echo "run.sh: DATAFLOW_KMS_KEY must be projects/P/locations/L/keyRings/R/cryptoKeys/K, got" \
+         "'$DATAFLOW_KMS_KEY'" >&2
+    exit 2
+  fi
+  args+=(--dataflow-kms-key "$DATAFLOW_KMS_KEY")
+fi
 
 names="$(parameter_names)"
 while read -r name; do

@@ -145,11 +145,13 @@ class LiveSettings:
 @dataclasses.dataclass(frozen=True)
 class BigQueryTarget:
   """The dataset the job writes its tables to (`--project`, `--dataset`), and how
-  (`--bigquery_write_method`; FILE_LOADS stages files under `--temp_location`)."""
+  (`--bigquery_write_method`; FILE_LOADS stages files under `--temp_location`); `kms_key`
+  (`--bigquery_kms_key`) encrypts the dataset and the tables the job creates (CMEK)."""
   project: str
   dataset: str
   method: str = STREAMING_INSERTS
   temp_location: str | None = None
+  kms_key: str | None = None
 
   def __post_init__(self):
     if not self.project:
@@ -163,6 +165,8 @@ class BigQueryTarget:
                        f'{WRITE_METHODS}')
     if self.method == FILE_LOADS and not self.temp_location:
       raise ValueError('--bigquery_write_method=FILE_LOADS needs --temp_location')
+    if self.kms_key is not None and resources.kms_key_problem(self.kms_key):
+      raise ValueError(f'--bigquery_kms_key {resources.kms_key_problem(self.kms_key)}')
 
 
 @dataclasses.dataclass(frozen=True)

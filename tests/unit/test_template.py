@@ -119,6 +119,13 @@ EXAMPLES = {
                               ['FILE_LOADS', 'STORAGE_WRITE_API', 'streaming_inserts', '']),
     'bigquery_location': (['EU', 'US', 'europe-west1', 'us-central1', 'northamerica-northeast1'],
                           ['Europe', 'europe west1', 'europe-west', '']),
+    'bigquery_kms_key': (['projects/my-project/locations/eu/keyRings/personalization/cryptoKeys/bq',
+                          'projects/example.com:kms-1/locations/europe-west1/keyRings/r_1/'
+                          'cryptoKeys/k-2'],
+                         ['projects/p/locations/eu/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1',
+                          'projects/p/locations/eu/keyRings/r', 'bq-key',
+                          'projects/p/locations/EU/keyRings/r/cryptoKeys/k',
+                          ' projects/p/locations/eu/keyRings/r/cryptoKeys/k', '']),
     'skip_table_setup': (['true', 'false'], ['yes', 'True', '1', '']),
     'collection': COLLECTION,
     'popularity_collection': COLLECTION,
@@ -186,6 +193,9 @@ def test_good_values_pass_the_jobs_own_checks():
     assert resources.pubsub_path_problem(value, 'topic') is None
   for value in EXAMPLES['as_of'][0]:
     assert event_rules.parse_time(value) is not None
+  good, bad = EXAMPLES['bigquery_kms_key']
+  assert [resources.kms_key_problem(value) for value in good] == [None] * len(good)
+  assert all(resources.kms_key_problem(value) for value in bad)
   assert _job_accepts('skip_table_setup', 'true') is True
   assert _job_accepts('skip_table_setup', 'false') is False
 
@@ -376,6 +386,22 @@ def test_run_dry_run_updates_in_place():
   env.pop('UPDATE')
   result = _script('run.sh', env, '--dry-run')
   assert result.returncode != 0 and 'set UPDATE=1' in result.stderr
+
+
+def test_run_dry_run_protects_the_job_with_the_dataflow_kms_key():
+  key = 'projects/my-project/locations/europe-west1/keyRings/personalization/cryptoKeys/dataflow'
+  env = {**BASE_ENV, 'SUBSCRIPTION': SUBSCRIPTION, 'DATAFLOW_KMS_KEY': key,
+         'BIGQUERY_KMS_KEY': key.replace('europe-west1', 'eu').replace('dataflow', 'bq')}
+  result = _script('run.sh', env, '--dry-run')
+  assert result.returncode == 0, result.stderr
+  [command] = result.stdout.splitlines()
+  # Beam's --dataflow_kms_key is no parameter of the template: gcloud sets the job's key.
+  assert f'--dataflow-kms-key {key}' in command
+  assert f'--parameters bigquery_kms_key={env["BIGQUERY_KMS_KEY"]}' in command
+  assert '--dataflow-kms-key' not in _script('run.sh', {**BASE_ENV, 'SUBSCRIPTION': SUBSCRIPTION},
+                                             '--dry-run').stdout
+  result = _script('run.sh', {**env, 'DATAFLOW_KMS_KEY': 'dataflow-key'}, '--dry-run')
+  assert result.returncode != 0 and 'DATAFLOW_KMS_KEY must be' in result.stderr
 
 
 @pytest.mark.parametrize('script, missing', [

@@ -42,28 +42,61 @@ def table_definition(project: str, dataset: str, record: str) -> bigquery.Table:
 
 
 def ensure_tables(project: str, dataset: str, records=schemas.TABLES,
-                  location: str | None = None) -> list[str]:
+                  location: str | None = None, kms_key: str | None = None) -> list[str]:
   """Creates the dataset and any missing table (existing tables are left as they are).
 
   Runs where the job is launched, before the graph, so the sinks can use CREATE_NEVER: Beam's
   own table creation cannot set clustering on every write path. Returns the table ids it created.
+  With `kms_key` (CMEK) a new dataset gets it as its default key (so tables made later in it,
+  such as load and staging tables, inherit it) and each new table gets it explicitly; a dataset
+  or table that BigQuery reports with another key, or none (one that existed before; the local
+  emulator keeps no key at all), is logged as a warning: BigQuery applies a key when it creates a
+  table (docs/DEPLOY.md, "Encryption keys", says how to re-key one).
   """
   client = bigquery_client.cloud_client(project)
   ds = bigquery.Dataset(f'{project}.{dataset}')
   if location:
     ds.location = location
-  client.create_dataset(ds, exists_ok=True)
+  if kms_key:
+    ds.default_encryption_configuration = bigquery.EncryptionConfiguration(kms_key)
+  ds = client.create_dataset(ds, exists_ok=True)
+  _warn_on_other_key(f'dataset {project}.{dataset}', ds.default_encryption_configuration, kms_key)
   created = []
   for record in records:
     table = table_definition(project, dataset, record)
+    if kms_key:
+      table.encryption_configuration = bigquery.EncryptionConfiguration(kms_key)
     try:
-      client.get_table(table.reference)
+      found = client.get_table(table.reference)
     except NotFound:
       client.create_table(table)
       created.append(table.table_id)
       _log.info('created table %s (DAY-partitioned on %s, clustered by %s)', table.full_table_id
                 or table.table_id, table.time_partitioning.field, table.clustering_fields)
+    else:
+      _warn_on_other_key(f'table {project}.{dataset}.{table.table_id}',
+                         found.encryption_configuration, kms_key)
   return created
+
+
+def other_key(found: bigquery.EncryptionConfiguration | None, kms_key: str | None) -> str | None:
+  """What a dataset's or table's encryption says when it is not `kms_key`: the key it has, or
+  'Google-managed encryption'; None when it matches (or no key is asked for)."""
+  if not kms_key:
+    return None
+  has = found.kms_key_name if found is not None else None
+  if has == kms_key:
+    return None
+  return f'key {has}' if has else 'Google-managed encryption'
+
+
+def _warn_on_other_key(what: str, found, kms_key: str | None) -> None:
+  has = other_key(found, kms_key)
+  if has:
+    _log.warning('%s has %s, not --bigquery_kms_key %s: BigQuery applies a key when a dataset '
+                 'or table is created, so it keeps its encryption (re-key a table with `bq '
+                 'update --destination_kms_key KEY DATASET.TABLE`, set a dataset\'s default with '
+                 '`bq update --default_kms_key KEY DATASET`)', what, has, kms_key)
 
 
 class _ToRowFn(beam.DoFn):
