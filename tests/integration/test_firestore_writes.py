@@ -141,3 +141,28 @@ def test_each_write_publishes_its_change_and_a_rerun_writes_and_publishes_nothin
   # Nothing else: the re-run published nothing (the pipeline has finished: all it published is
   # in the subscription already).
   assert _pull_all(subscriber, subscription, 1, seconds=3) == []
+
+
+def test_freshness_is_measured_per_write_and_the_publish_time_is_never_stored(
+    local_stack, unique_name):
+  from pipeline.summary import RunSummary
+  from transforms import metrics
+  from transforms.rules import serving
+  now = dt.datetime.now(dt.timezone.utc)
+  published = int((now - dt.timedelta(seconds=3)).timestamp() * 1_000_000)
+  p = batch_pipeline()
+  _ = p | beam.Create([('c1', {**doc('active', now - dt.timedelta(seconds=5)),
+                               serving.PUBLISHED_AT: published}),
+                       ('c2', doc('vip', now - dt.timedelta(hours=2)))]) | WriteDocuments(
+                           location(unique_name))
+  result = p.run()
+  result.wait_until_finish()
+  assert all(serving.PUBLISHED_AT not in d for d in stored(unique_name).values())
+  summary = RunSummary.from_result(result)
+  count, _, low, high = summary.distributions[metrics.DOCUMENT_EVENT_LAG_MS]
+  assert count == 2 and 5_000 <= low < 60_000 and 7_200_000 <= high < 7_300_000
+  count, _, low, high = summary.distributions[metrics.DOCUMENT_PUBLISH_LAG_MS]
+  assert count == 1 and 3_000 <= low == high < 60_000
+  text = summary.render()
+  assert 'freshness: newest event time to commit' in text and 'over 2 writes' in text
+  assert 'freshness: its Pub/Sub publish to commit' in text and 'max 2.0 h' in text

@@ -269,3 +269,25 @@ def test_live_popularity_counts_distinct_customers_in_the_window_and_decays():
     counts = (p | stream | LivePopularity(LiveSettings(popularity_window_hours=1))
               | beam.MapTuple(lambda product_id, doc: (product_id, doc['customers'])))
     assert_that(counts, distinct_equal_to([('pa', 2), ('pb', 1), ('pa', 0), ('pb', 0)]))
+
+
+def test_live_fold_carries_the_publish_time_of_the_newest_pubsub_event():
+  from apache_beam.transforms.window import TimestampedValue
+  from transforms.rules import serving
+  newest_file = {**event('f', 9), 'source': 'file:/drop/day.ndjson'}
+  stream = (TestStream()
+            .advance_processing_time(int(time.time()))
+            # Published in another order than their event times: b (10:03) is the newest.
+            .add_elements([TimestampedValue(('c1', event('b', 3)), seconds(7)),
+                           TimestampedValue(('c1', event('a', 1)), seconds(8))])
+            .advance_processing_time(30)
+            .add_elements([TimestampedValue(('c2', event('c', 2)), seconds(4)),
+                           TimestampedValue(('c2', newest_file), seconds(5))])
+            .advance_processing_time(30)
+            .advance_watermark_to_infinity())
+  with streaming_pipeline() as p:
+    out = p | stream | FoldLive(live=LiveSettings(flush_seconds=1))
+    # c2's newest event came from a file: it has no publish time, so neither has the document.
+    assert_that(out.documents | beam.MapTuple(
+        lambda customer, doc: (customer, doc.get(serving.PUBLISHED_AT))),
+                equal_to([('c1', at(7)), ('c2', None)]))
