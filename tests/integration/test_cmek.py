@@ -3,11 +3,11 @@ emulators: the key reaches the requests that create the BigQuery dataset and tab
 (`ensure_tables(kms_key=...)`, the job's `--bigquery_kms_key`) and the Pub/Sub topic
 (`scripts.publish.ensure_topic_and_subscription(kms_key=...)`).
 
-Neither emulator implements CMEK: the BigQuery emulator accepts the encryption configuration and
+Neither emulator implements CMEK. The BigQuery emulator accepts the encryption configuration and
 drops it (a dataset or table read back has none), so what is checked is the JSON body each create
-request carries, recorded at the client's one call into HTTP. The Pub/Sub emulator keeps a topic's
-key name (and encrypts nothing), so the topic test reads it back. Because the BigQuery emulator keeps no key, a second set-up over
-the same dataset finds every table "with Google-managed encryption" and must warn about each.
+request carries, recorded at the client's one call into HTTP; and because it keeps no key, the
+set-up must warn about the dataset and, found again, every table. The Pub/Sub emulator keeps a
+topic's key name (and encrypts nothing), so the topic test reads it back.
 """
 import logging
 import uuid
@@ -21,7 +21,7 @@ from transforms.sinks import bigquery as bigquery_sink
 from transforms.sinks import bigquery_client
 
 PROJECT = 'demo-local'
-KEY = 'projects/demo-local/locations/eu/keyRings/personalization/cryptoKeys/warehouse'
+KEY = 'projects/demo-local/locations/europe/keyRings/personalization/cryptoKeys/warehouse'
 
 
 @pytest.fixture

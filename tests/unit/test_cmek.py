@@ -11,7 +11,7 @@ from transforms.rules import resources
 from transforms.settings import BigQueryTarget
 from transforms.sinks import bigquery as bigquery_sink
 
-KEY = 'projects/my-project/locations/eu/keyRings/personalization/cryptoKeys/warehouse'
+KEY = 'projects/my-project/locations/europe/keyRings/personalization/cryptoKeys/warehouse'
 SUBSCRIPTION = 'projects/my-project/subscriptions/events-pipeline'
 
 

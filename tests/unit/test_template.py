@@ -119,7 +119,7 @@ EXAMPLES = {
                               ['FILE_LOADS', 'STORAGE_WRITE_API', 'streaming_inserts', '']),
     'bigquery_location': (['EU', 'US', 'europe-west1', 'us-central1', 'northamerica-northeast1'],
                           ['Europe', 'europe west1', 'europe-west', '']),
-    'bigquery_kms_key': (['projects/my-project/locations/eu/keyRings/personalization/cryptoKeys/bq',
+    'bigquery_kms_key': (['projects/my-project/locations/europe/keyRings/warehouse/cryptoKeys/bq',
                           'projects/example.com:kms-1/locations/europe-west1/keyRings/r_1/'
                           'cryptoKeys/k-2'],
                          ['projects/p/locations/eu/keyRings/r/cryptoKeys/k/cryptoKeyVersions/1',
@@ -391,7 +391,7 @@ def test_run_dry_run_updates_in_place():
 def test_run_dry_run_protects_the_job_with_the_dataflow_kms_key():
   key = 'projects/my-project/locations/europe-west1/keyRings/personalization/cryptoKeys/dataflow'
   env = {**BASE_ENV, 'SUBSCRIPTION': SUBSCRIPTION, 'DATAFLOW_KMS_KEY': key,
-         'BIGQUERY_KMS_KEY': key.replace('europe-west1', 'eu').replace('dataflow', 'bq')}
+         'BIGQUERY_KMS_KEY': key.replace('europe-west1', 'europe').replace('dataflow', 'bq')}
   result = _script('run.sh', env, '--dry-run')
   assert result.returncode == 0, result.stderr
   [command] = result.stdout.splitlines()
