@@ -1,16 +1,19 @@
-"""Connector latency under load: the send-time API at a fixed request rate, against the Firestore
-emulator, with the /healthz endpoint at the same rate as the baseline measured in the same run.
+"""Connector latency under load, Redis mode against Firestore-only mode, with /healthz as the
+baseline, all measured in the same run.
 
-    python -m bench.connector_load [--rate 500] [--seconds 20] [--customers 2000]
+    python -m bench.connector_load [--rate 1000] [--seconds 20] [--customers 20000]
 
-Starts its own local stack (scripts.localstack, temporary state dir), seeds serving documents,
-starts `python -m connector` in a subprocess on a free port, then drives it with an open-loop
-async aiohttp client: request i is due at start + i/rate, and its latency is measured from when it
-was due (so a stalled server cannot hide queueing: no coordinated omission). Customer ids are
-drawn uniformly from the seeded set plus 5% unknown ids (404s). A warm-up phase on other
-customers comes first (the Java emulator's JIT makes its first seconds slow); the cache is cold
-when the measured phase starts, so about a quarter of its requests read Firestore. Prints p50/p95/p99 and the
-achieved rate per phase, and the p99 ratio against the baseline.
+Starts its own local stack (scripts.localstack, temporary state dir: the emulators and Redis),
+writes serving documents through the pipeline's own Firestore writer with the Redis tier on
+(`WriteDocuments(..., redis=...)`, so Redis holds exactly the entries the writer makes), starts
+two `python -m connector` processes on free ports, one with CONNECTOR_REDIS_URL and one without,
+and drives each in turn with an open-loop async aiohttp client: request i is due at
+start + i/rate, and its latency is measured from when it was due (a stalled server cannot hide
+queueing: no coordinated omission). Every measured request asks for a customer that connector
+has never looked up (each id once, 5% unknown ids: 404s), so Firestore mode reads Firestore for
+each and Redis mode reads Redis. A warm-up phase on other customers comes first (the Java
+emulator's JIT makes its first seconds slow). Prints p50/p95/p99 and the achieved rate per phase;
+the last line is `connector: redis p99 X ms, firestore p99 Y ms, healthz p99 Z ms at R req/s`.
 """
 from __future__ import annotations
 
@@ -30,37 +33,43 @@ import tempfile
 import time
 
 import aiohttp
+import apache_beam as beam
 import httpx
-from google.cloud import firestore
+from apache_beam.options.pipeline_options import PipelineOptions
 
 from scripts import demo_connector, localstack
+from transforms.settings import FirestoreLocation, RedisTier
+from transforms.sinks.firestore import WriteDocuments
 
 KEY = 'bench-key-0123456789abcdef'
 
 
-def seed(project: str, collection: str, count: int) -> list[str]:
-  db = firestore.Client(project=project)
+def document(customer_id: str, now: dt.datetime) -> dict:
+  return {
+      'customer_id': customer_id, 'first_name': 'Ann', 'country': 'SE', 'language': 'sv',
+      'loyalty_tier': 'gold', 'schema_version': 1, 'last_event_at': now,
+      'recently_viewed': [{'product_id': f'p{j}', 'name': 'Product', 'category': 'Shoes',
+                           'price': 10.0, 'url': 'u', 'image_url': 'i', 'viewed_at': now}
+                          for j in range(10)],
+      'cart': {'items': [{'product_id': 'p1', 'name': 'Product', 'price': 10.0,
+                          'quantity': 1}], 'item_count': 1, 'value': 10.0,
+               'currency': 'USD', 'updated_at': now, 'abandoned': False},
+      'orders': {'count': 1, 'lifetime_value': 10.0, 'last_order_id': 'o1',
+                 'last_order_at': now, 'currency': 'USD'},
+      'segment': 'active', 'top_categories': ['Shoes'],
+      'recommendations': [{'product_id': f'r{j}', 'name': 'R', 'price': 1.0, 'url': 'u',
+                           'image_url': 'i', 'reason': 'popular now'} for j in range(4)],
+      'engagement': {'last_email_open_at': now, 'last_email_click_at': None},
+      'holdout': False, 'traits': {}, 'audiences': []}
+
+
+def seed(project: str, collection: str, count: int, redis_url: str) -> list[str]:
+  """`count` documents written by the pipeline's writer (FnApiRunner) to Firestore and Redis."""
   now = dt.datetime.now(dt.timezone.utc)
   ids = [f'c{i:06d}' for i in range(count)]
-  for start in range(0, count, 500):
-    batch = db.batch()
-    for customer_id in ids[start:start + 500]:
-      batch.set(db.collection(collection).document(customer_id), {
-          'customer_id': customer_id, 'first_name': 'Ann', 'country': 'SE', 'language': 'sv',
-          'loyalty_tier': 'gold', 'schema_version': 1, 'updated_at': now, 'last_event_at': now,
-          'recently_viewed': [{'product_id': f'p{j}', 'name': 'Product', 'category': 'Shoes',
-                               'price': 10.0, 'url': 'u', 'image_url': 'i', 'viewed_at': now}
-                              for j in range(10)],
-          'cart': {'items': [{'product_id': 'p1', 'name': 'Product', 'price': 10.0,
-                              'quantity': 1}], 'item_count': 1, 'value': 10.0,
-                   'currency': 'USD', 'updated_at': now, 'abandoned': False},
-          'orders': {'count': 1, 'lifetime_value': 10.0, 'last_order_id': 'o1',
-                     'last_order_at': now, 'currency': 'USD'},
-          'segment': 'active', 'top_categories': ['Shoes'],
-          'recommendations': [{'product_id': f'r{j}', 'name': 'R', 'price': 1.0, 'url': 'u',
-                               'image_url': 'i', 'reason': 'popular now'} for j in range(4)],
-          'engagement': {'last_email_open_at': now, 'last_email_click_at': None}})
-    batch.commit()
+  with beam.Pipeline(runner='FnApiRunner', options=PipelineOptions(flags=[])) as p:
+    _ = (p | beam.Create([(i, document(i, now)) for i in ids])
+         | WriteDocuments(FirestoreLocation(project, collection), redis=RedisTier(redis_url)))
   return ids
 
 
@@ -108,75 +117,104 @@ async def drive(base: str, paths: list[str], rate: float, seconds: float) -> dic
           'statuses': statuses}
 
 
+def start_connector(project: str, collection: str, extra: dict) -> tuple[subprocess.Popen, str]:
+  port = demo_connector.free_port()
+  server = subprocess.Popen(
+      [sys.executable, '-m', 'connector'],
+      env={**os.environ, 'CONNECTOR_PROJECT': project, 'CONNECTOR_COLLECTION': collection,
+           'CONNECTOR_API_KEYS': KEY, 'CONNECTOR_PORT': str(port), **extra},
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  base = f'http://127.0.0.1:{port}'
+  if not demo_connector.wait_ready(base, server):
+    raise SystemExit(f'the connector ({extra or "Firestore only"}) did not become ready')
+  return server, base
+
+
+def counter(metrics: str, prefix: str) -> float:
+  return sum(float(line.split()[-1]) for line in metrics.splitlines() if line.startswith(prefix))
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--rate', type=float, default=500)
+  parser.add_argument('--rate', type=float, default=1000)
   parser.add_argument('--seconds', type=float, default=20)
-  parser.add_argument('--customers', type=int, default=2000)
-  parser.add_argument('--warmup_seconds', type=float, default=10)
+  parser.add_argument('--customers', type=int, default=None,
+                      help='documents to serve (default: rate x seconds, each asked for once)')
+  parser.add_argument('--warmup_seconds', type=float, default=5)
   parser.add_argument('--warmup_customers', type=int, default=2000)
   parser.add_argument('--out', default='bench/results/connector-load.json')
   args = parser.parse_args(argv)
+  total = int(args.rate * args.seconds)
+  customers = args.customers or total
   project, collection = 'demo-local', 'customers'
   state_dir = pathlib.Path(tempfile.mkdtemp(prefix='bench-stack-'))
   # A SIGTERM (e.g. from `timeout`) must still stop what this run started.
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
   env = localstack.start(state_dir)
-  server = None
+  servers = []
   try:
     os.environ.update(env)
-    all_ids = seed(project, collection, args.customers + args.warmup_customers)
-    ids, warm_ids = all_ids[:args.customers], all_ids[args.customers:]
-    port = demo_connector.free_port()
-    server = subprocess.Popen(
-        [sys.executable, '-m', 'connector'],
-        env={**os.environ, 'CONNECTOR_PROJECT': project, 'CONNECTOR_COLLECTION': collection,
-             'CONNECTOR_API_KEYS': KEY, 'CONNECTOR_PORT': str(port),
-             'CONNECTOR_CACHE_TTL_SECONDS': '30'},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f'http://127.0.0.1:{port}'
-    if not demo_connector.wait_ready(base, server):
-      raise SystemExit('the connector did not become ready')
+    started = time.monotonic()
+    all_ids = seed(project, collection, customers + args.warmup_customers, env['REDIS_URL'])
+    print(f'seeded {len(all_ids):,} documents (Firestore and Redis, by the pipeline\'s writer) '
+          f'in {time.monotonic() - started:.0f} s', flush=True)
+    ids, warm_ids = all_ids[:customers], all_ids[customers:]
     rng = random.Random(7)
-    picks = [rng.choice(ids) if rng.random() > 0.05 else f'unknown{rng.randrange(10**6)}'
-             for _ in range(int(args.rate * args.seconds))]
+    order = rng.sample(ids, len(ids))
+    # Each measured request a customer the connector has not looked up (5% unknown ids).
+    picks = [f'unknown{i}' if rng.random() < 0.05 else order[i % len(order)]
+             for i in range(total)]
     personalization = [f'/v1/customers/{i}/personalization' for i in picks]
-    # Warm-up on other customers (so the measured phase starts with a cold cache): the Java
-    # emulator and the server's clients reach steady state (JIT, connections) first.
     warm = [f'/v1/customers/{rng.choice(warm_ids)}/personalization'
             for _ in range(int(args.rate * args.warmup_seconds))]
-    asyncio.run(drive(base, warm, args.rate, args.warmup_seconds))
-    baseline = asyncio.run(drive(base, ['/healthz'], args.rate, args.seconds))
-    measured = asyncio.run(drive(base, personalization, args.rate, args.seconds))
-    metrics = httpx.get(base + '/metrics', headers={'Authorization': f'Bearer {KEY}'}).text
-  finally:
-    if server is not None:
+    modes = {'redis': {'CONNECTOR_REDIS_URL': env['REDIS_URL']},
+             'firestore': {'CONNECTOR_CACHE_TTL_SECONDS': '30'}}
+    results, metrics = {}, {}
+    for mode, extra in modes.items():
+      server, base = start_connector(project, collection, extra)
+      servers.append(server)
+      asyncio.run(drive(base, warm, args.rate, args.warmup_seconds))
+      if mode == 'redis':
+        results['healthz'] = asyncio.run(drive(base, ['/healthz'], args.rate, args.seconds))
+      results[mode] = asyncio.run(drive(base, personalization, args.rate, args.seconds))
+      metrics[mode] = httpx.get(base + '/metrics',
+                                headers={'Authorization': f'Bearer {KEY}'}).text
       server.terminate()
       server.wait(timeout=10)
+  finally:
+    for server in servers:
+      if server.poll() is None:
+        server.terminate()
+        server.wait(timeout=10)
     localstack.stop(state_dir)
     shutil.rmtree(state_dir, ignore_errors=True)
-  hits = sum(float(line.split()[-1]) for line in metrics.splitlines()
-             if line.startswith('connector_cache_lookups_total{result="hit"}'))
-  lookups = sum(float(line.split()[-1]) for line in metrics.splitlines()
-                if line.startswith('connector_cache_lookups_total{'))
-  result = {'rate': args.rate, 'seconds': args.seconds, 'customers': args.customers,
-            'warmup_seconds': args.warmup_seconds,
-            'baseline_healthz': baseline, 'personalization': measured,
-            'cache_hit_ratio': round(hits / lookups, 3) if lookups else None,
-            'p99_ratio_vs_baseline': round(measured['p99_ms'] / baseline['p99_ms'], 2)}
+  redis_hits = counter(metrics['redis'], 'connector_redis_lookups_total{result="hit"}')
+  redis_all = counter(metrics['redis'], 'connector_redis_lookups_total{')
+  cache_hits = counter(metrics['firestore'], 'connector_cache_lookups_total{result="hit"}')
+  cache_all = counter(metrics['firestore'], 'connector_cache_lookups_total{')
+  result = {'rate': args.rate, 'seconds': args.seconds, 'customers': customers,
+            'warmup_seconds': args.warmup_seconds, **results,
+            'redis_hit_ratio': round(redis_hits / redis_all, 3) if redis_all else None,
+            'firestore_mode_cache_hit_ratio': round(cache_hits / cache_all, 3) if cache_all
+            else None,
+            'p99_ratio_redis_vs_healthz': round(results['redis']['p99_ms']
+                                                / results['healthz']['p99_ms'], 2),
+            'p99_ratio_firestore_vs_healthz': round(results['firestore']['p99_ms']
+                                                    / results['healthz']['p99_ms'], 2)}
   pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
   pathlib.Path(args.out).write_text(json.dumps(result, indent=2) + '\n')
-  for name, phase in (('healthz (baseline)', baseline), ('personalization', measured)):
-    print(f'{name:<20} {phase["achieved_rate"]:>7} req/s  p50 {phase["p50_ms"]} ms  '
+  for name in ('healthz', 'redis', 'firestore'):
+    phase = results[name]
+    print(f'{name:<10} {phase["achieved_rate"]:>7} req/s  p50 {phase["p50_ms"]} ms  '
           f'p95 {phase["p95_ms"]} ms  p99 {phase["p99_ms"]} ms  errors {phase["errors"]}  '
           f'statuses {phase["statuses"]}')
-  print(f'cache hit ratio {result["cache_hit_ratio"]}; p99 personalization / healthz = '
-        f'{result["p99_ratio_vs_baseline"]}')
-  print('server-side latency (connector_request_seconds, all personalization requests incl. '
-        'warm-up):')
-  for line in metrics.splitlines():
-    if line.startswith('connector_request_seconds_bucket{endpoint="/v1/customers'):
-      print('  ' + line.split('le=')[1])
+  print(f'Redis hit ratio {result["redis_hit_ratio"]} (misses are the unknown ids); Firestore '
+        f'mode cache hit ratio {result["firestore_mode_cache_hit_ratio"]} (warm-up included); '
+        f'p99 / healthz: redis {result["p99_ratio_redis_vs_healthz"]}, firestore '
+        f'{result["p99_ratio_firestore_vs_healthz"]}')
+  print(f'connector: redis p99 {results["redis"]["p99_ms"]} ms, firestore p99 '
+        f'{results["firestore"]["p99_ms"]} ms, healthz p99 {results["healthz"]["p99_ms"]} ms at '
+        f'{args.rate:g} req/s')
   return 0
 
 
