@@ -74,7 +74,10 @@ def start(state_dir: pathlib.Path, project: str, collection: str, customer: str 
              'CONNECTOR_PORT': str(port),
              'CONNECTOR_TRACKING_KEYS_FILE': str(state_dir / 'tracking.keys'),
              'CONNECTOR_TRACKING_BASE_URL': DEMO_TRACKING_BASE_URL,
-             'CONNECTOR_HOLDOUT_PERCENT': DEMO_HOLDOUT_PERCENT, 'CONNECTOR_EVENTS_TOPIC': topic})
+             'CONNECTOR_HOLDOUT_PERCENT': DEMO_HOLDOUT_PERCENT, 'CONNECTOR_EVENTS_TOPIC': topic,
+             # The stack's Redis: the demo job wrote the serving tier there (--redis_url).
+             **({'CONNECTOR_REDIS_URL': os.environ['REDIS_URL']}
+                if os.environ.get('REDIS_URL') else {})})
   (state_dir / 'connector.json').write_text(json.dumps({'pid': process.pid, 'port': port}))
   base = f'http://127.0.0.1:{port}'
   if not wait_ready(base, process):
@@ -93,6 +96,12 @@ def start(state_dir: pathlib.Path, project: str, collection: str, customer: str 
   print(f'$ {command}')
   print(json.dumps(reply.json(), indent=2, ensure_ascii=False))
   print(f'(HTTP {reply.status_code}, ETag {reply.headers.get("etag")})')
+  metrics = httpx.get(f'{base}/metrics', headers={'Authorization': f'Bearer {key}'},
+                      timeout=10).text
+  tier = [line.split('result=')[1] for line in metrics.splitlines()
+          if line.startswith('connector_redis_lookups_total{') and not line.endswith(' 0.0')]
+  if tier:
+    print(f'(Redis serving tier lookups: {", ".join(tier)}; docs/OPERATIONS.md)')
   return 0
 
 
