@@ -467,13 +467,15 @@ def test_a_gzip_bomb_is_refused_without_the_collector_growing(served, path, mib)
   assert served.published() == []
 
 
+# Named ids: a gzip header holds the time it was made, so ids derived from the bytes would differ
+# between the collections of two pytest-xdist workers.
 @pytest.mark.parametrize('payload, reason', [
     (gzip.compress(body(event('gz-cut')))[:-9], 'invalid_gzip'),           # truncated
     (gzip.compress(body(event('gz-tail'))) + b'trailing', 'invalid_gzip'),
     (body(event('gz-plain')), 'invalid_gzip'),                           # not gzip at all
     (b'', 'invalid_gzip'),
     (gzip.compress(b'[1, 2]'), 'not_an_object'),
-])
+], ids=['truncated', 'trailing-bytes', 'not-gzip', 'empty', 'gzip-array'])
 def test_a_broken_gzip_body_is_400_and_publishes_nothing(served, payload, reason):
   refused(served.post('/v1/track', payload, headers={'Content-Encoding': 'gzip'}), 400, reason)
   assert served.published() == []
