@@ -288,7 +288,12 @@ class WriteDocuments(beam.PTransform):
   tuple with `written` — `(document id, document, written_at micros)` per document written — and
   `dead_letter` for ids Firestore cannot store, and `changes`, the profile change of each write
   (schemas/profile_change.schema.json), also published on `changes_topic` when one is given.
-  A document with the same content as the stored one is not written. Honours
+  A document with the same content as the stored one is not written. With `redis`, each
+  customer's served entry (transforms/rules/served.py) is put into Redis after the commit,
+  version-checked, and a failing Redis fails the bundle like a failing Firestore
+  (docs/OPERATIONS.md, "The Redis serving tier"). A document may carry
+  `transforms.rules.serving.PUBLISHED_AT` (streaming): it is measured
+  (`document_publish_lag_ms`) and dropped, never stored. Honours
   FIRESTORE_EMULATOR_HOST and PUBSUB_EMULATOR_HOST. Transient
   Firestore errors are retried with backoff for up to `retry.seconds` (counted in
   `firestore_retries`); after that the bundle fails with FirestoreUnavailable, never silently.
