@@ -3,7 +3,7 @@ TLS-terminating proxy (docs/OPERATIONS.md, "Transport security and encryption ke
 
 A certificate chain and its private key, two PEM files given both or neither, are loaded once at
 start-up into the server context the listener hands every connection: TLS 1.2 and 1.3 only, no
-renegotiation, Python's default (forward-secret, AEAD) cipher list for TLS 1.2. Python's own
+renegotiation, forward-secret AEAD suites only for TLS 1.2. Python's own
 `ssl` module does the checking, not a second parser: what is checked is exactly what serves.
 Every failure is a TlsError naming the setting at fault, so a service refuses to start with one
 line instead of a traceback, or a listener that fails every handshake.
@@ -17,6 +17,9 @@ import re
 import ssl
 
 MINIMUM_VERSION = ssl.TLSVersion.TLSv1_2
+# TLS 1.2 suites: forward-secret key exchange with an AEAD cipher only (Mozilla's "intermediate"
+# list); Python's default would also take CBC suites. TLS 1.3's suites are all of that kind.
+TLS12_CIPHERS = 'ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!eNULL:@SECLEVEL=2'
 # OpenSSL refuses the certificate itself under its security level (RSA under 2048 bits, SHA-1...).
 _WEAK_CERTIFICATE = frozenset({'EE_KEY_TOO_SMALL', 'CA_KEY_TOO_SMALL', 'CA_MD_TOO_WEAK'})
 
@@ -87,6 +90,7 @@ def server_context(cert_file: str, key_file: str, cert_setting: str = 'TLS_CERT_
                    ) from None
   context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
   context.minimum_version = MINIMUM_VERSION
+  context.set_ciphers(TLS12_CIPHERS)
   context.options |= ssl.OP_NO_RENEGOTIATION
   try:
     context.load_cert_chain(cert_file, key_file, password=_no_passphrase)

@@ -134,6 +134,21 @@ def test_tls_1_1_and_older_are_refused(certs):
     handshake(tls.Tls(good.cert_file, good.key_file).context, legacy_client(good))
 
 
+def test_tls_1_2_takes_forward_secret_aead_suites_only(certs):
+  good = certs['good']
+  context = tls.Tls(good.cert_file, good.key_file).context
+  cbc = client_context(good, ssl.TLSVersion.TLSv1_2)
+  cbc.set_ciphers('ECDHE-ECDSA-AES128-SHA256')
+  default = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # the control: Python's defaults take it
+  default.load_cert_chain(good.cert_file, good.key_file)
+  assert handshake(default, cbc) == 'TLSv1.2'
+  with pytest.raises(ssl.SSLError, match='NO_SHARED_CIPHER|no shared cipher'):
+    handshake(context, cbc)
+  names = {c['name'] for c in context.get_ciphers() if c['protocol'] == 'TLSv1.2'}
+  assert names and all(('GCM' in n or 'CHACHA20' in n) and n.startswith(('ECDHE-', 'DHE-'))
+                       for n in names), names
+
+
 def test_a_client_that_does_not_trust_the_certificate_fails_the_handshake(certs):
   # The same code path a real client takes; the integration tests rely on it failing.
   context = tls.Tls(certs['good'].cert_file, certs['good'].key_file).context
