@@ -7,8 +7,10 @@ plus optional files) each apply their own composites under the same step labels.
 """
 from __future__ import annotations
 
+import datetime
 import logging
 import typing
+import uuid
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
@@ -19,8 +21,10 @@ from transforms.batch_profiles import BatchProfiles
 from transforms.clean import ParseEvents
 from transforms.dedupe import DedupeBatch, DedupeStream
 from transforms.live_profiles import LiveProfiles
-from transforms.rules import reference, serving
+from transforms.rules import loads, reference, serving
+from transforms.settings import StagedLoad
 from transforms.sinks.bigquery import WriteTable
+from transforms.sinks.bigquery_merge import MergeStaged
 from transforms.sinks.firestore import WriteDocuments
 from transforms.sinks.pubsub import PublishAudienceChanges, PublishRecords
 from transforms.sources import (ReadEventFiles, ReadPubSubEvents, ReadReference,
@@ -103,15 +107,47 @@ class _ReportLostFn(beam.DoFn):
     _log.error('dead letter could not be written to BigQuery and is logged instead: %s', record)
 
 
-def build(p: beam.Pipeline, opts: PersonalizationOptions, project: str) -> Outputs:
+def staged_load(opts: PersonalizationOptions, project: str) -> StagedLoad:
+  """Batch: a new run's staging tables (fresh run id), one per table the batch graph merges:
+  events, hourly activity, triggers, audience changes with --audiences, dead letters
+  (transforms/rules/loads.py). `customer_profiles` is written directly."""
+  tables = ('events', 'customer_activity_hourly', 'cart_triggers',
+            *(('audience_membership',) if opts.audiences else ()), 'dead_letter')
+  run_id = loads.new_run_id(datetime.datetime.now(datetime.timezone.utc), uuid.uuid4().hex[:8])
+  return StagedLoad(opts.cloud_settings(project).bigquery, run_id, tables)
+
+
+def build(p: beam.Pipeline, opts: PersonalizationOptions, project: str,
+          staging: StagedLoad | None = None) -> Outputs:
   """The graph with its sinks: BigQuery tables, the Firestore serving layer and, streaming, the
-  product popularity the job reads back."""
+  product popularity the job reads back.
+
+  Batch writes the tables of `staging` (`staged_load`) to the run's staging tables, which must
+  exist (`pipeline.run.launch` creates them), and merges them into the tables as its last step
+  (`MergeStaged`), so a re-run adds nothing twice. Without `staging` a batch graph gets fresh
+  names whose tables nobody created: for graphs that are only constructed (tests). Streaming
+  appends to the tables (its dedupe is `DedupeStream`'s)."""
   out = build_outputs(p, opts)
   cloud = opts.cloud_settings(project)
   warehouse, retry = cloud.bigquery, cloud.firestore_retry
-  rejected = [out.events | 'WriteEvents' >> WriteTable('events', warehouse),
-              out.hourly | 'WriteHourlyActivity' >> WriteTable('customer_activity_hourly',
-                                                               warehouse)]
+  if opts.view_as(StandardOptions).streaming:
+    if staging is not None:
+      raise ValueError('a streaming job appends to its tables: staging tables are for batch')
+  elif staging is None:
+    staging = staged_load(opts, project)
+  staged = []
+
+  def write(record: str, label: str, rows: beam.PCollection) -> beam.PCollection:
+    destination = None
+    if staging is not None and record in staging.tables:
+      destination = staging.table_id(record)
+    rejected_rows = rows | label >> WriteTable(record, warehouse, destination)
+    if destination is not None:
+      staged.append(rejected_rows)
+    return rejected_rows
+
+  rejected = [write('events', 'WriteEvents', out.events),
+              write('customer_activity_hourly', 'WriteHourlyActivity', out.hourly)]
   documents = out.documents | 'WriteDocuments' >> WriteDocuments(
       cloud.documents, retry, cloud.profile_changes_topic)
   rejected.append(documents.dead_letter)
@@ -121,19 +157,19 @@ def build(p: beam.Pipeline, opts: PersonalizationOptions, project: str) -> Outpu
   rejected += [documents.written
                | 'ProfileRows' >> beam.MapTuple(serving.profile_row)
                | 'WriteProfiles' >> WriteTable('customer_profiles', warehouse),
-               out.triggers | 'WriteTriggers' >> WriteTable('cart_triggers', warehouse)]
+               write('cart_triggers', 'WriteTriggers', out.triggers)]
   if cloud.triggers_topic is not None:
     _ = out.triggers | 'PublishTriggers' >> PublishRecords(cloud.triggers_topic, 'cart_triggers')
   changes = out.audience_changes
   if out.audience_renders is not None:  # batch: what changed since the table's memberships
     changes = out.audience_renders | 'AudienceChanges' >> BatchAudienceChanges(warehouse)
   if changes is not None:
-    rejected.append(changes | 'WriteAudienceMembership' >> WriteTable('audience_membership',
-                                                                      warehouse))
+    rejected.append(write('audience_membership', 'WriteAudienceMembership', changes))
     if cloud.audience_topic is not None:
       _ = changes | 'PublishAudienceChanges' >> PublishAudienceChanges(cloud.audience_topic)
-  lost = ((out.dead_letters, *rejected)
-          | 'AllDeadLetters' >> beam.Flatten()
-          | 'WriteDeadLetters' >> WriteTable('dead_letter', warehouse))
+  lost = write('dead_letter', 'WriteDeadLetters',
+               (out.dead_letters, *rejected) | 'AllDeadLetters' >> beam.Flatten())
   _ = lost | 'ReportLostDeadLetters' >> beam.ParDo(_ReportLostFn())
+  if staging is not None:
+    _ = tuple(staged) | 'MergeStaged' >> MergeStaged(staging)
   return out

@@ -77,8 +77,16 @@ def launch(argv: list[str] | None = None):
                                           kms_key=opts.bigquery_kms_key)
     _log.info('BigQuery dataset %s.%s ready (created: %s)', project, opts.dataset,
               ', '.join(created) or 'nothing, all tables existed')
+  staging = None
+  if not options.view_as(StandardOptions).streaming:
+    # Batch writes to staging tables of its own and merges them as its last step (docs/
+    # OPERATIONS.md, "Re-running the batch job"): they exist before the job starts.
+    staging = graph.staged_load(opts, project)
+    bigquery_sink.create_staging_tables(staging)
+    _log.info('batch load %s: staging tables %s', staging.run_id,
+              ', '.join(staging.table_id(t) for t in staging.tables))
   p = beam.Pipeline(options=options)
-  graph.build(p, opts, project)
+  graph.build(p, opts, project, staging)
   _log.info('running on %s', options.view_as(StandardOptions).runner)
   return p.run(), options
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from transforms.rules import checks, resources
+from transforms.rules import checks, loads, resources
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
 
 # Batch shuffles (transforms/shards.py).
@@ -167,6 +167,32 @@ class BigQueryTarget:
       raise ValueError('--bigquery_write_method=FILE_LOADS needs --temp_location')
     if self.kms_key is not None and resources.kms_key_problem(self.kms_key):
       raise ValueError(f'--bigquery_kms_key {resources.kms_key_problem(self.kms_key)}')
+
+
+@dataclasses.dataclass(frozen=True)
+class StagedLoad:
+  """Batch: the run's staging tables (transforms/rules/loads.py). Each table of `tables` is
+  written to `<table>__staging_<run_id>` of the `target` dataset (created by `pipeline.run`
+  before the job starts), then merged into `<table>` by the job's last step and dropped."""
+  target: BigQueryTarget
+  run_id: str
+  tables: tuple[str, ...]
+
+  def __post_init__(self):
+    unknown = [t for t in self.tables if t not in loads.MERGE_ORDER]
+    if unknown:
+      raise ValueError(f'tables {unknown} are not merged by batch loads (transforms/rules/'
+                       f'loads.py MERGE_ORDER)')
+    loads.staging_table_id('events', self.run_id)  # checks the run id
+
+  def table_id(self, table: str) -> str:
+    """The staging table id of `table` (dataset-relative)."""
+    return loads.staging_table_id(table, self.run_id)
+
+  def path(self, table: str, staged: bool = True) -> str:
+    """`project.dataset.table` of `table`'s staging table (or, `staged=False`, of the table)."""
+    name = self.table_id(table) if staged else table
+    return f'{self.target.project}.{self.target.dataset}.{name}'
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,6 +2,7 @@
 that turns rows BigQuery rejects into dead letters instead of losing them."""
 from __future__ import annotations
 
+import datetime
 import logging
 import time
 
@@ -15,23 +16,25 @@ from google.cloud import bigquery
 
 import schemas
 from transforms import metrics
-from transforms.rules import dead_letters
+from transforms.rules import dead_letters, loads
 from transforms.settings import (FILE_LOADS, STORAGE_WRITE_API, STREAMING_INSERTS, WRITE_METHODS,
-                                 BigQueryTarget)
+                                 BigQueryTarget, StagedLoad)
 from transforms.sinks import bigquery_client
 
 __all__ = ['FILE_LOADS', 'SINK_REJECTED', 'STORAGE_WRITE_API', 'STREAMING_INSERTS',
-           'WRITE_METHODS', 'BigQueryTarget', 'WriteTable', 'ensure_tables', 'table_definition']
+           'WRITE_METHODS', 'BigQueryTarget', 'WriteTable', 'create_staging_tables', 'ensure_tables',
+           'table_definition']
 SINK_REJECTED = 'sink_rejected'
 
 _log = logging.getLogger(__name__)
 
 
-def table_definition(project: str, dataset: str, record: str) -> bigquery.Table:
+def table_definition(project: str, dataset: str, record: str,
+                     table_id: str | None = None) -> bigquery.Table:
   """The BigQuery table of record `record`: schema, DAY partitioning and clustering from
-  `schemas/<record>.avsc`."""
+  `schemas/<record>.avsc`; named `table_id` when given (a staging table), else the record's."""
   table = bigquery.Table(
-      f'{project}.{dataset}.{schemas.table_id(record)}',
+      f'{project}.{dataset}.{table_id or schemas.table_id(record)}',
       schema=[bigquery.SchemaField.from_api_repr(dict(f)) for f in schemas.bigquery_fields(record)])
   partitioning = schemas.time_partitioning(record)
   table.time_partitioning = bigquery.TimePartitioning(type_=partitioning['type'],
@@ -99,6 +102,27 @@ def _warn_on_other_key(what: str, found, kms_key: str | None) -> None:
                  '`bq update --default_kms_key KEY DATASET`)', what, has, kms_key)
 
 
+def create_staging_tables(load: StagedLoad) -> list[str]:
+  """Creates the run's staging tables (`load.tables`, shaped like their tables, expiring after
+  `loads.STAGING_EXPIRATION_HOURS` in case the run fails before it drops them). The dataset must
+  exist. Returns the staging table ids."""
+  client = bigquery_client.cloud_client(load.target.project)
+  expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
+      hours=loads.STAGING_EXPIRATION_HOURS)
+  created = []
+  try:
+    for record in load.tables:
+      table = table_definition(load.target.project, load.target.dataset, record,
+                               load.table_id(record))
+      table.expires = expires
+      table.description = f'Staging table of batch load {load.run_id} (dropped after its MERGE)'
+      client.create_table(table)
+      created.append(table.table_id)
+  finally:
+    client.close()
+  return created
+
+
 class _ToRowFn(beam.DoFn):
   """Record -> BigQuery JSON row, counted per table."""
 
@@ -131,14 +155,17 @@ class WriteTable(beam.PTransform):
 
   Input: records shaped like `schemas/<record>.avsc` (times as epoch microseconds, JSON columns as
   Python objects). Output: dead-letter records for rows BigQuery rejected permanently (transient
-  errors are retried by Beam). The table must exist (see `ensure_tables`). When
-  BIGQUERY_EMULATOR_HOST is set every call goes to the emulator.
+  errors are retried by Beam), complete only once every row is written (a batch MERGE waits on
+  it). `destination` names another table of the dataset with the same schema (a batch run's
+  staging table); counters keep the record's table name. The table must exist (see
+  `ensure_tables`). When BIGQUERY_EMULATOR_HOST is set every call goes to the emulator.
   """
 
-  def __init__(self, record: str, target: BigQueryTarget):
+  def __init__(self, record: str, target: BigQueryTarget, destination: str | None = None):
     super().__init__()
     self._record = record
     self._table = schemas.table_id(record)
+    self._destination = destination or self._table
     self._project = target.project
     self._dataset = target.dataset
     self._method = target.method
@@ -146,7 +173,7 @@ class WriteTable(beam.PTransform):
 
   def expand(self, pcoll):
     write = WriteToBigQuery(
-        table=f'{self._project}:{self._dataset}.{self._table}',
+        table=f'{self._project}:{self._dataset}.{self._destination}',
         schema=schemas.bigquery_schema(self._record),
         create_disposition=BigQueryDisposition.CREATE_NEVER,
         write_disposition=BigQueryDisposition.WRITE_APPEND,
@@ -159,8 +186,12 @@ class WriteTable(beam.PTransform):
               | 'ToRow' >> beam.ParDo(_ToRowFn(self._record))
               | 'Write' >> write)
     if self._method == FILE_LOADS:
-      # Load jobs fail as a whole (and fail the pipeline): there are no per-row rejections.
-      return pcoll.pipeline | 'NoRejections' >> beam.Create([])
+      # Load jobs fail as a whole (and fail the pipeline): there are no per-row rejections. The
+      # empty output is derived from the finished load and copy jobs (Beam's job-triggering
+      # steps wait for their jobs when a bundle finishes), so it completes after the writes.
+      return ((result.destination_load_jobid_pairs, result.destination_copy_jobid_pairs)
+              | 'JobsDone' >> beam.Flatten()
+              | 'NoRejections' >> beam.FlatMap(lambda _: ()))
     return (result.failed_rows_with_errors
             | 'RejectedToDeadLetter' >> beam.ParDo(
                 _RejectedToDeadLetterFn(self._table, self.label))
