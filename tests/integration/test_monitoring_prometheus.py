@@ -75,7 +75,8 @@ def test_the_error_rate_alert_fires_when_the_connector_answers_5xx(local_stack, 
 
   # Prometheus first: its first scrape comes about 5 s after it starts (2.42 applies its
   # targets every 5 s), time the connector's start-up overlaps.
-  with prometheus.running(tmp_path / 'prometheus', scrape, prometheus.rules_with_for('0s')) as prom, \
+  rules = prometheus.rules_with_for('0s')
+  with prometheus.running(tmp_path / 'prometheus', scrape, rules) as prom, \
       connector(create_app(settings, store=store), port) as client:
     # Healthy traffic until the rule has judged it: a ratio of 0 over enough requests to count.
     for _ in range(15):
@@ -88,8 +89,9 @@ def test_the_error_rate_alert_fires_when_the_connector_answers_5xx(local_stack, 
       return _value(prom.query(RATIO), job='connector') == 0 and enough
     helpers.wait_for(judged, 30, 'Prometheus to evaluate the healthy traffic', every=0.1)
     evaluated = prom.rule(ALERT)['lastEvaluation']
-    helpers.wait_for(lambda: healthy_round(client) or prom.rule(ALERT)['lastEvaluation'] != evaluated,
-                     10, 'one more evaluation of the alert', every=0.05)
+    helpers.wait_for(
+        lambda: healthy_round(client) or prom.rule(ALERT)['lastEvaluation'] != evaluated,
+        10, 'one more evaluation of the alert', every=0.05)
     assert prom.rule(ALERT)['health'] == 'ok'
     assert prom.rule(ALERT)['state'] == 'inactive'
     assert not [a for a in prom.alerts() if a['labels']['alertname'] == ALERT]
