@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import itertools
 import threading
-import time
 
 import httpx
 import uvicorn
