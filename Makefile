@@ -72,6 +72,12 @@ RATE ?= 10
 stream: venv
 	$(PY) -m scripts.stream --rate $(RATE) --data $(DATA)
 
+## stream-status: exact counts of the running `make stream` job, read from its tables (rows
+## written since it started) against what its collector has accepted (pipeline/tally.py).
+.PHONY: stream-status
+stream-status:
+	$(PY) -m scripts.stream --status
+
 ## collect: the tracking collector on its own local stack (.localstack/collect), to point a real
 ## SDK or curl at; prints how (scripts/collect.py). `make stop` stops it.
 .PHONY: collect

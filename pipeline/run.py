@@ -4,12 +4,14 @@
 Sets up logging, parses options, creates the BigQuery tables, builds and runs the graph, and
 prints a summary. A batch run exits 1 when the counts do not add up. A streaming run goes on until
 it is interrupted (Ctrl-C or SIGTERM): on a local runner it then cancels the pipeline and prints
-what it counted; on Dataflow it stops waiting and leaves the job running, printing how to drain
+the runner's counters (incomplete there) and the exact counts read from the tables it wrote
+(pipeline/tally.py); on Dataflow it stops waiting and leaves the job running, printing how to drain
 it (cancelling a Dataflow job would drop in-flight data).
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
 import os
 import signal
@@ -20,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions)
 
-from pipeline import graph
+from pipeline import graph, tally
 from pipeline.options import PersonalizationOptions
 from pipeline.summary import RunSummary
 from transforms.sinks import bigquery as bigquery_sink
@@ -92,6 +94,7 @@ def launch(argv: list[str] | None = None):
 
 
 def run(argv: list[str] | None = None) -> RunSummary:
+  started = dt.datetime.now(dt.timezone.utc)  # every row this job writes is stamped after it
   result, options = launch(argv)
   if not options.view_as(StandardOptions).streaming:
     result.wait_until_finish()
@@ -110,11 +113,33 @@ def run(argv: list[str] | None = None) -> RunSummary:
       job_id = getattr(result, 'job_id', lambda: None)()
       _log.info('the job %s keeps running. Drain it (finishes in-flight work, then stops): '
                 'gcloud dataflow jobs drain %s --region=REGION', job_id, job_id or 'JOB_ID')
+      _log.info('exact counts of what it has written, read from the tables: %s',
+                table_scope(options, started).command())
       return RunSummary.from_result(result, exact=False)
     _log.info('stopping: cancelling the pipeline (the Pub/Sub reader may take up to 30 s to '
               'notice; messages already read are acknowledged on the DirectRunner)')
     result.cancel()
-  return RunSummary.from_result(result, exact=not local)
+  summary = RunSummary.from_result(result, exact=not local)
+  if local:
+    summary.tables = table_counts(table_scope(options, started))
+  return summary
+
+
+def table_scope(options: PipelineOptions, started: dt.datetime) -> tally.Scope:
+  """What a streaming job started at `started` wrote: its dataset and serving collection, rows
+  written since then."""
+  cloud = options.view_as(PersonalizationOptions).cloud_settings()
+  return tally.Scope(cloud.bigquery, cloud.documents, started)
+
+
+def table_counts(scope: tally.Scope) -> str:
+  """The exact counts of a stopped job, read from its tables (rendered); one line saying why and
+  how to count later when they cannot be read."""
+  try:
+    return tally.render(tally.count(scope))
+  except tally.TallyError as err:
+    _log.error('could not read the table counts: %s', err)
+    return (f'{tally.TITLE}: not read ({err}); count them with: {scope.command()}')
 
 
 def is_local_runner(runner: str) -> bool:

@@ -10,6 +10,8 @@ import time
 import pytest
 from google.cloud import pubsub_v1
 
+from pipeline.tally import STOP_WAKE_ATTRIBUTE
+
 
 def wait_for(predicate, timeout, what, every=1.0):
   """Polls `predicate` every `every` seconds until it is true (returns its value); fails the
@@ -25,12 +27,14 @@ def wait_for(predicate, timeout, what, every=1.0):
 
 def stop_streaming(result, topic):
   """Cancels the pipeline. The DirectRunner's Pub/Sub reader blocks in a pull for up to 30 s; one
-  more message published after cancelling wakes it (the test has checked its results by then)."""
+  more message published after cancelling wakes it (the test has checked its results by then).
+  The wake-ups carry the attribute of scripts/stream.py's, so table counts tell them apart
+  (pipeline/tally.py)."""
   stopper = threading.Thread(target=result.cancel)
   stopper.start()
   publisher = pubsub_v1.PublisherClient()
   while stopper.is_alive():
-    publisher.publish(topic, b'{}').result(timeout=30)
+    publisher.publish(topic, b'{}', **dict([STOP_WAKE_ATTRIBUTE])).result(timeout=30)
     stopper.join(timeout=2)
 
 

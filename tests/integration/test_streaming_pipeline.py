@@ -2,6 +2,8 @@
 BundleBasedDirectRunner, stopped cleanly; its profile changes reach an SSE subscriber of the
 connector's GET /v1/stream within a second of each Firestore write."""
 import collections
+import dataclasses
+import datetime as dt
 import json
 import statistics
 import time
@@ -12,13 +14,14 @@ from google.cloud import firestore, pubsub_v1
 
 from connector.config import Settings, StreamSettings
 from connector.stream import streamed_fields
-from pipeline import run
+from pipeline import run, tally
 from scripts import publish
 from scripts.demo_connector import free_port
 from tests.integration.helpers import stop_streaming, wait_for
 from tests.integration.test_connector_api import serving
 from tests.integration.test_connector_stream import AUTH, KEY, Reader, wait_until
 from transforms.rules import changes as profile_changes
+from transforms.settings import BigQueryTarget, FirestoreLocation
 from transforms.sinks import bigquery_client
 
 PROJECT = 'demo-local'
@@ -111,6 +114,7 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
   # A file read in the same graph (a backfill): one new event, and one copy of a live event.
   backfill = tmp_path / 'backfill.ndjson'
   backfill.write_bytes(_event(100, 'c9') + b'\n' + _event(0, 'c0') + b'\n')
+  started = dt.datetime.now(dt.timezone.utc)
   result, _ = run.launch([
       '--streaming', f'--subscription={subscription}', f'--project={PROJECT}',
       '--runner=BundleBasedDirectRunner', f'--dataset={unique_name}',
@@ -177,6 +181,25 @@ def test_streaming_from_pubsub_to_bigquery_and_firestore(local_stack, unique_nam
   finally:
     stop_streaming(result, topic)
   assert str(result.state).endswith('CANCELLED')
+
+  # The exact counts of the stopped job, read from its tables (pipeline/tally.py): rows written
+  # since it started. In: 37 messages above, the screen and the group call, and 2 file lines.
+  scope = tally.Scope(BigQueryTarget(PROJECT, unique_name), FirestoreLocation(PROJECT, unique_name),
+                      started)
+  counts = tally.count(scope)
+  assert counts.events == counts.event_ids == len(ids) == 33
+  assert counts.events_from_files == sources[f'file:{backfill}']
+  # Any wake-up the cancelling job read is counted apart, not as an event's dead letter.
+  assert counts.event_dead_letters == {'invalid_json': 2} and counts.other_dead_letters == {}
+  account = tally.accounting(counts, len(messages) + 2 + 2)
+  assert (account.published, account.rest, account.problem()) == (41, 6, None)  # 5 + the file's
+  assert counts.documents == counts.documents_written == len(docs)
+  assert counts.rows['customer_profiles'] >= len(docs)  # a row per write: each one written once
+  assert counts.rows['cart_triggers'] == counts.rows['audience_membership'] == 0
+  # A window opening after the job stopped holds none of its rows or documents.
+  after = tally.count(dataclasses.replace(scope, since=dt.datetime.now(dt.timezone.utc)))
+  assert after.events == after.documents_written == after.wake_ups == 0
+  assert set(after.rows.values()) == {0} and after.documents == len(docs)
 
   # The change stream: the job is stopped, so the documents have settled. The subscriber got each
   # customer's changes, the last one carrying the stored document's version.

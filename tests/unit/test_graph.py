@@ -10,11 +10,12 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import userstate
 
-from pipeline import graph
+from pipeline import graph, tally
 from pipeline.options import PersonalizationOptions
 from pipeline.summary import RunSummary
 from scripts import generate_data
 from tests.unit.beam_helpers import batch_pipeline
+from transforms.sinks.bigquery import WriteTable
 
 
 @pytest.fixture(scope='module')
@@ -72,6 +73,17 @@ def _step_names(p) -> set[str]:
   return {t.unique_name for t in p.to_runner_api().components.transforms.values()}
 
 
+class _TableWriters(beam.pipeline.PipelineVisitor):
+  """table -> the full label of the WriteTable that writes it."""
+
+  def __init__(self):
+    self.labels = {}
+
+  def enter_composite_transform(self, node):
+    if isinstance(node.transform, WriteTable):
+      self.labels[node.transform._table] = node.full_label
+
+
 def test_the_graph_forks_once_under_the_same_step_labels(sample):
   # Construction only (nothing runs): each mode applies its own composites under the labels
   # Dataflow matches on update; batch writes no popularity collection (it has none).
@@ -99,6 +111,11 @@ def test_the_graph_forks_once_under_the_same_step_labels(sample):
                    'HourlyActivity/HourlyWindows', 'BuildProfiles/StitchLive',
                    'BuildProfiles/FoldLive', 'BuildProfiles/LivePopularity',
                    'WritePopularity'} <= names
+  # A refused events row is dead-lettered under its writer's label, which pipeline/tally.py
+  # counts as an event's dead letter.
+  writers = _TableWriters()
+  p.visit(writers)
+  assert writers.labels['events'] == tally.EVENTS_WRITE_STEP
 
 
 def test_no_composite_takes_a_streaming_flag_or_more_than_five_parameters():
