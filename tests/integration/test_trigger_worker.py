@@ -92,12 +92,15 @@ def send(topic, trigger_id):
 
 def pull_all(subscription, expect=0, seconds=None):
   """Messages on `subscription`, polling until `expect` arrived (or 2 s when expecting none:
-  the emulator may answer a pull empty before a just-published message is available)."""
+  the emulator may answer a pull empty before a just-published message is available). The
+  emulator holds an empty pull until about a second before its timeout, so no pull's timeout
+  reaches past the deadline (a 5 s pull made the 2 s of an empty look last 4)."""
   messages = []
   deadline = time.monotonic() + (seconds or (10 if expect else 2))
   with pubsub_v1.SubscriberClient() as subscriber:
     while time.monotonic() < deadline and (not expect or len(messages) < expect):
-      reply = subscriber.pull(subscription=subscription, max_messages=50, timeout=5)
+      timeout = min(5.0, max(1.0, deadline - time.monotonic()))
+      reply = subscriber.pull(subscription=subscription, max_messages=50, timeout=timeout)
       if reply.received_messages:
         subscriber.acknowledge(subscription=subscription,
                                ack_ids=[m.ack_id for m in reply.received_messages])
