@@ -172,12 +172,35 @@ def _hourly_from_events(rows):
           in totals.items()}
 
 
+# Calls the sample has none of, for the hourly rebuild's rules (transforms/rules/loads.py) to
+# meet each branch of the Python rules they must equal: screen, group, alias, anonymous, and
+# orders with a value in two currencies, with `revenue` only and without any value.
+_EDGE = [
+    {'type': 'screen', 'name': 'Home', 'userId': 'edge-1', 'anonymousId': 'edge-anon'},
+    {'type': 'group', 'groupId': 'g-1', 'userId': 'edge-1'},
+    {'type': 'alias', 'previousId': 'edge-anon', 'userId': 'edge-1'},
+    {'type': 'page', 'name': 'Home', 'anonymousId': 'edge-anon-2'},
+    {'type': 'track', 'event': 'Order Completed', 'userId': 'edge-1',
+     'properties': {'order_id': 'o-1', 'currency': 'EUR'}},
+    {'type': 'track', 'event': 'Order Completed', 'userId': 'edge-1',
+     'properties': {'order_id': 'o-2', 'revenue': 12.5, 'currency': 'EUR'}},
+    {'type': 'track', 'event': 'Order Completed', 'userId': 'edge-1',
+     'properties': {'order_id': 'o-3', 'total': 10, 'currency': 'USD'}},
+    {'type': 'track', 'event': 'Order Completed', 'userId': 'edge-1',
+     'properties': {'order_id': 'o-4', 'total': 2.25}},
+]
+
+
 def test_a_rerun_changes_nothing_and_a_backfill_adds_only_new_events(local_stack, unique_name,
-                                                                     sample, capsys):
+                                                                     sample, capsys, tmp_path):
   # Idempotent batch loads (docs/OPERATIONS.md, "Re-running the batch job"): every table the
   # batch job writes, and the documents, exactly as after the first run; then a backfill over
   # both files, overlapping the first, adds only what the tables do not hold.
   data, manifest = sample
+  edge = tmp_path / 'edge.ndjson'
+  edge.write_text(''.join(json.dumps({**e, 'messageId': f'edge-{i}',
+                                      'timestamp': f'2026-11-03T10:{i:02d}:00Z'}) + '\n'
+                          for i, e in enumerate(_EDGE)))
   args = [f'--customers={data}/customers.csv', f'--catalog={data}/catalog.csv',
           f'--audiences={AUDIENCES}', f'--project={PROJECT}', '--runner=FnApiRunner',
           f'--dataset={unique_name}', f'--collection={unique_name}']
@@ -210,16 +233,17 @@ def test_a_rerun_changes_nothing_and_a_backfill_adds_only_new_events(local_stack
                      printed), printed
   assert 'BigQuery rows sent to customer_profiles' not in printed  # no document changed
 
-  # A backfill over both files: the first file's events are in the table already.
-  assert run.main([f'--events={data}/events-*.ndjson.gz', *args]) == 0
+  # A backfill over both files (and the edge cases): the first file's events are in the table
+  # already.
+  assert run.main([f'--events={data}/events-*.ndjson.gz,{edge}', *args]) == 0
   printed = capsys.readouterr().out
   after = _table_rows(bq, unique_name)
   assert set(after) == set(schemas.TABLES)
   events = {r['message_id']: r for r in after['events']}
-  assert len(events) == len(after['events']) == manifest['valid_unique']
+  assert len(events) == len(after['events']) == manifest['valid_unique'] + len(_EDGE)
   # The rows already loaded are kept as they were (the same ingested_at: not loaded again).
   assert all(events[r['message_id']] == r for r in before['events'])
-  added = manifest['valid_unique'] - len(before['events'])
+  added = manifest['valid_unique'] + len(_EDGE) - len(before['events'])
   assert added > 0
   assert re.search(rf'BigQuery rows added to events +{added:,}  \(already present '
                    rf'{len(before["events"]):,};', printed), printed
@@ -247,7 +271,10 @@ def test_a_rerun_changes_nothing_and_a_backfill_adds_only_new_events(local_stack
     panes[(h['window_start'], h['customer_id'], h['identified'], h['event_name'],
            h['currency'])].append(h['pane_index'])
   assert all(sorted(p) == list(range(len(p))) for p in panes.values())
-  assert sum(h['event_count'] for h in current.values()) == manifest['valid_unique']
+  assert sum(h['event_count'] for h in current.values()) == len(events)
+  assert {(k[3], k[4]) for k in current if k[1] == 'edge-1'} == {
+      ('page', None), ('group', None), ('alias', None), ('Order Completed', None),
+      ('Order Completed', 'EUR'), ('Order Completed', 'USD')}
 
 
 def test_file_loads_write_method_with_a_local_temp_location(local_stack, unique_name, sample,

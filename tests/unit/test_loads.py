@@ -168,3 +168,18 @@ def test_the_summary_shows_what_each_merge_added_and_checks_it_against_what_was_
   assert _summary(rows_added_events=8, rows_present_events=0,
                   rows_rejected_events=2).problems() == []
   assert MergeResult('events', 10, 3).present == 7
+
+
+def test_an_order_keys_its_hourly_row_on_its_currency_only_when_it_has_a_value():
+  # A row shows its currency only with a revenue: an order without a value shares the row
+  # without currency, so no two rows of an hour, customer and name show the same merge key.
+  from decimal import Decimal
+
+  from transforms.rules import activity
+  order = {'type': 'track', 'event': 'Order Completed', 'user_id': 'c1', 'currency': 'EUR'}
+  assert activity.activity_key({**order, 'total': Decimal('9.5')}) == (
+      'c1', True, 'Order Completed', 'EUR')
+  assert activity.activity_key({**order, 'revenue': Decimal('0')})[3] == 'EUR'
+  assert activity.activity_key(order) == ('c1', True, 'Order Completed', None)
+  assert activity.activity_key({'type': 'track', 'event': 'Product Viewed', 'user_id': 'c1',
+                                'currency': 'EUR', 'price': Decimal(1)})[3] is None

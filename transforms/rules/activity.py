@@ -9,13 +9,17 @@ ORDER_COMPLETED = 'Order Completed'
 
 
 def activity_key(event: dict) -> tuple[str, bool, str, str | None] | None:
-  """(customer_id, identified, event_name, currency), or None for an event with no id at all."""
+  """(customer_id, identified, event_name, currency), or None for an event with no id at all.
+
+  The currency is an order's, and only when the order has a value (`revenue`): a row shows its
+  currency only with a revenue, so an order without one counts in the row without currency, and
+  no two rows of an hour, customer and name show the same key (the key batch loads merge on,
+  transforms/rules/loads.py)."""
   customer = event.get('user_id') or event.get('anonymous_id')
   if not customer:
     return None
-  name = event_name(event)
-  currency = event.get('currency') if name == ORDER_COMPLETED else None
-  return customer, bool(event.get('user_id')), name, currency
+  currency = event.get('currency') if revenue(event) is not None else None
+  return customer, bool(event.get('user_id')), event_name(event), currency
 
 
 def revenue(event: dict) -> decimal.Decimal | None:

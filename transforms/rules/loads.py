@@ -109,9 +109,9 @@ def _hourly_cte(hourly: str, staging: str, events: str) -> str:
   The totals follow the rules HourlyBatch applies (transforms/rules/activity.py and
   `profile.event_name`): the customer is the userId, else the anonymousId (an event with neither
   counts nowhere); the name is the track event name, else the call type, `page` for a screen;
-  only `Order Completed` keys on its currency and has revenue (`total`, else `revenue`); the row
-  keeps the currency only when the revenue is not NULL. tests/integration/test_batch_pipeline.py
-  checks the result against those Python rules.
+  only `Order Completed` has revenue (`total`, else `revenue`), and keys on its currency when it
+  has one (so each stored key is one group). tests/integration/test_batch_pipeline.py checks the
+  result against those Python rules.
   """
   return f"""WITH touched AS (
   SELECT DISTINCT window_start, customer_id, identified, event_name FROM {quoted(staging)}
@@ -124,20 +124,21 @@ def _hourly_cte(hourly: str, staging: str, events: str) -> str:
     currency, total, revenue
   FROM {quoted(events)} WHERE event_time >= @lo AND event_time < @hi
 ), contributions AS (
-  SELECT window_start, customer_id, identified, event_name,
-    IF(event_name = 'Order Completed', currency, NULL) AS key_currency,
+  SELECT window_start, customer_id, identified, event_name, currency,
     IF(event_name = 'Order Completed', COALESCE(total, revenue), NULL) AS revenue
   FROM named WHERE customer_id IS NOT NULL
+), keyed AS (
+  SELECT *, IF(revenue IS NULL, NULL, currency) AS key_currency FROM contributions
 ), totals AS (
   SELECT c.window_start, c.customer_id, c.identified, c.event_name, c.key_currency,
     COUNT(*) AS event_count, SUM(c.revenue) AS revenue
-  FROM contributions c JOIN touched k ON c.window_start = k.window_start
+  FROM keyed c JOIN touched k ON c.window_start = k.window_start
     AND c.customer_id = k.customer_id AND c.identified = k.identified
     AND c.event_name = k.event_name
   GROUP BY c.window_start, c.customer_id, c.identified, c.event_name, c.key_currency
 ), rebuilt AS (
   SELECT window_start, customer_id, identified, event_name, event_count, revenue,
-    IF(revenue IS NULL, NULL, key_currency) AS currency
+    key_currency AS currency
   FROM totals
 ), stored AS (
   SELECT window_start, customer_id, identified, event_name, currency, event_count, revenue,

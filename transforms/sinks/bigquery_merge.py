@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 import apache_beam as beam
 from google.api_core.exceptions import NotFound
@@ -30,10 +31,12 @@ _log = logging.getLogger(__name__)
 class MergeResult:
   """What merging one staging table did: `considered` rows (staged rows, deduplicated by key
   where the key is unique within a run; for the hourly table the rows recomputed from `events`),
-  of which `added` were inserted and the rest the table already held (`present`)."""
+  of which `added` were inserted and the rest the table already held (`present`), in `seconds`
+  (the statements' wall time)."""
   table: str
   considered: int
   added: int
+  seconds: float = 0.0
 
   @property
   def present(self) -> int:
@@ -54,20 +57,20 @@ def _merge_keyed(client, load: StagedLoad, table: str) -> MergeResult:
   return MergeResult(table, considered, job.num_dml_affected_rows or 0)
 
 
-def _rebuild_hourly(client, load: StagedLoad) -> MergeResult:
+def _rebuild_hourly(client, load: StagedLoad, table: str) -> MergeResult:
   from google.cloud import bigquery
-  staging = load.path(loads.HOURLY)
-  hourly, events = load.path(loads.HOURLY, staged=False), load.path('events', staged=False)
+  staging, hourly = load.path(table), load.path(table, staged=False)
+  events = load.path('events', staged=False)
   [bounds] = list(client.query(loads.hourly_range_sql(staging)).result())
   if bounds['lo'] is None:  # no hourly rows staged
-    return MergeResult(loads.HOURLY, 0, 0)
+    return MergeResult(table, 0, 0)
   config = bigquery.QueryJobConfig(query_parameters=[
       bigquery.ScalarQueryParameter('lo', 'TIMESTAMP', bounds['lo']),
       bigquery.ScalarQueryParameter('hi', 'TIMESTAMP', bounds['hi'])])
   considered = _scalar(client, loads.hourly_rebuilt_count_sql(hourly, staging, events), config)
   job = client.query(loads.hourly_rebuild_sql(hourly, staging, events), job_config=config)
   job.result()
-  return MergeResult(loads.HOURLY, considered, job.num_dml_affected_rows or 0)
+  return MergeResult(table, considered, job.num_dml_affected_rows or 0)
 
 
 def merge_staged(load: StagedLoad) -> list[MergeResult]:
@@ -86,10 +89,10 @@ def merge_staged(load: StagedLoad) -> list[MergeResult]:
         _log.warning('staging table %s is gone: merged and dropped by an earlier attempt',
                      load.path(table))
         continue
-      if table == loads.HOURLY:
-        results.append(_rebuild_hourly(client, load))
-      else:
-        results.append(_merge_keyed(client, load, table))
+      started = time.monotonic()
+      merge = _rebuild_hourly if table == loads.HOURLY else _merge_keyed
+      result = merge(client, load, table)
+      results.append(dataclasses.replace(result, seconds=time.monotonic() - started))
     for table in load.tables:
       client.delete_table(load.path(table), not_found_ok=True)
   finally:
@@ -108,8 +111,8 @@ class _MergeFn(beam.DoFn):
     for result in merge_staged(self._load):
       metrics.counter(metrics.ROWS_ADDED.format(table=result.table)).inc(result.added)
       metrics.counter(metrics.ROWS_PRESENT.format(table=result.table)).inc(result.present)
-      _log.info('merged batch load %s into %s: %d rows added, %d already present',
-                self._load.run_id, result.table, result.added, result.present)
+      _log.info('merged batch load %s into %s: %d rows added, %d already present (%.1f s)',
+                self._load.run_id, result.table, result.added, result.present, result.seconds)
       yield result
 
 
