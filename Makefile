@@ -36,7 +36,8 @@ $(BQ_VENV)/.installed: scripts/requirements-bqemulator.txt scripts/install_duckd
 
 ## demo: set up, start a fresh local stack, generate sample data, run the batch job, show results.
 ## The emulators keep data in memory: restarting them makes every demo start from empty tables
-## (a batch re-run over the same files would otherwise append the same events again).
+## (a batch re-run over the same files would add nothing: it merges on each table's key,
+## docs/OPERATIONS.md "Re-running the batch job").
 ## The sample holds campaign sample-campaign with a 10% holdout; the job is given the same 10%,
 ## and the lift report reads the campaign back from the events table (docs/ENGAGEMENT.md).
 ## The job computes the traits and audiences of audiences.example.yaml into every document; the
