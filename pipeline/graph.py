@@ -149,7 +149,7 @@ def build(p: beam.Pipeline, opts: PersonalizationOptions, project: str,
   rejected = [write('events', 'WriteEvents', out.events),
               write('customer_activity_hourly', 'WriteHourlyActivity', out.hourly)]
   documents = out.documents | 'WriteDocuments' >> WriteDocuments(
-      cloud.documents, retry, cloud.profile_changes_topic)
+      cloud.documents, retry, cloud.profile_changes_topic, cloud.redis)
   rejected.append(documents.dead_letter)
   if out.popularity is not None:
     popularity = out.popularity | 'WritePopularity' >> WriteDocuments(cloud.popularity, retry)

@@ -28,7 +28,7 @@ from transforms.settings import (DEFAULT_ALLOWED_LATENESS_HOURS, DEFAULT_DEDUPE_
                                  DEFAULT_SHARDS, STREAMING_INSERTS, WRITE_METHODS, BigQueryTarget,
                                  DedupeSettings, EventSources, FirestoreLocation, FirestoreRetry,
                                  HourlySettings, LiveSettings, ParseLimits, PubSubSource,
-                                 ReferenceFiles, Sharding, TriggersTopic)
+                                 RedisTier, ReferenceFiles, Sharding, TriggersTopic)
 
 
 class GraphSettings(typing.NamedTuple):
@@ -53,6 +53,7 @@ class CloudSettings(typing.NamedTuple):
   triggers_topic: TriggersTopic | None
   audience_topic: TriggersTopic | None
   profile_changes_topic: TriggersTopic | None
+  redis: RedisTier | None
 
 
 class PersonalizationOptions(PipelineOptions):
@@ -175,6 +176,17 @@ class PersonalizationOptions(PipelineOptions):
              '(schemas/profile_change.schema.json). The connector\'s sync worker and live stream '
              'read it. A write that changes nothing is skipped and publishes nothing.')
     parser.add_argument(
+        '--redis_url', default=None,
+        help='Redis serving tier (docs/OPERATIONS.md): redis://HOST:PORT/DB (rediss:// for TLS; '
+             'Memorystore on GCP). After each Firestore commit the writer also puts every '
+             "customer's served entry (the connector's response bytes, ETag, version, "
+             'last_event_at) there, version-checked, and a tombstone for a deleted document. '
+             'Redis failing past --firestore_retry_seconds fails the bundle, as Firestore does.')
+    parser.add_argument(
+        '--redis_key_prefix', default='personalization:customers:',
+        help='Prefix of the Redis keys (one hash per customer); the connector\'s '
+             'CONNECTOR_REDIS_KEY_PREFIX must be the same.')
+    parser.add_argument(
         '--dataset', default='personalization',
         help='BigQuery dataset of the events, dead_letter and aggregate tables.')
     parser.add_argument(
@@ -239,7 +251,9 @@ class PersonalizationOptions(PipelineOptions):
         audience_topic=(TriggersTopic(self.audience_topic, 'audience_topic')
                         if self.audience_topic else None),
         profile_changes_topic=(TriggersTopic(self.profile_changes_topic, 'profile_changes_topic')
-                               if self.profile_changes_topic else None))
+                               if self.profile_changes_topic else None),
+        redis=(RedisTier(self.redis_url, self.redis_key_prefix, self.firestore_retry_seconds)
+               if self.redis_url else None))
 
   def event_sources(self) -> EventSources:
     """Files (--events) and, streaming, the subscription: batch needs files, streaming a

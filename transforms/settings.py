@@ -223,6 +223,30 @@ class FirestoreRetry:
 
 
 @dataclasses.dataclass(frozen=True)
+class RedisTier:
+  """The Redis serving tier (`--redis_url`, `--redis_key_prefix`): the Firestore writer also
+  writes each customer's served entry there (transforms/rules/served.py). `retry_seconds` bounds
+  the retries of a failing Redis before the bundle fails (`--firestore_retry_seconds`)."""
+  url: str
+  prefix: str = 'personalization:customers:'
+  retry_seconds: float = DEFAULT_FIRESTORE_RETRY_SECONDS
+
+  def __post_init__(self):
+    import urllib.parse
+    parts = urllib.parse.urlsplit(self.url or '')
+    if parts.scheme not in ('redis', 'rediss', 'unix') or not (parts.hostname or parts.path):
+      raise ValueError(f'--redis_url must be redis://HOST:PORT/DB (rediss:// for TLS, unix:// '
+                       f'for a socket), got {(self.url or "")[:100]!r}')
+    if not self.prefix or any(c.isspace() for c in self.prefix):
+      raise ValueError(f'--redis_key_prefix must be non-empty, without spaces, got '
+                       f'{self.prefix!r}')
+    _positive(self.retry_seconds, 'firestore_retry_seconds')
+
+  def __repr__(self):  # the URL may carry a password
+    return f'RedisTier(prefix={self.prefix!r})'
+
+
+@dataclasses.dataclass(frozen=True)
 class TriggersTopic:
   """A Pub/Sub topic the job publishes to (`projects/P/topics/T`): cart-abandonment triggers
   (`--triggers_topic`) or audience changes (`--audience_topic`); `option` names it in errors."""
