@@ -21,6 +21,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions)
+from google.api_core.exceptions import NotFound
 
 from pipeline import graph, tally
 from pipeline.options import PersonalizationOptions
@@ -84,7 +85,12 @@ def launch(argv: list[str] | None = None):
     # Batch writes to staging tables of its own and merges them as its last step (docs/
     # OPERATIONS.md, "Re-running the batch job"): they exist before the job starts.
     staging = graph.staged_load(opts, project)
-    bigquery_sink.create_staging_tables(staging)
+    try:
+      bigquery_sink.create_staging_tables(staging)
+    except NotFound as err:
+      raise UsageError(f'--dataset {opts.dataset}: cannot create the batch staging tables '
+                       f'({err.message}); create the dataset and tables first (run without '
+                       '--skip_table_setup)') from err
     _log.info('batch load %s: staging tables %s', staging.run_id,
               ', '.join(staging.table_id(t) for t in staging.tables))
   p = beam.Pipeline(options=options)

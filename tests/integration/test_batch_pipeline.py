@@ -286,6 +286,16 @@ def test_a_rerun_changes_nothing_and_a_backfill_adds_only_new_events(local_stack
       ('Order Completed', 'EUR'), ('Order Completed', 'USD')}
 
 
+def test_a_batch_run_into_a_missing_dataset_says_so_before_it_starts(local_stack, unique_name,
+                                                                     sample, capsys):
+  data, _ = sample
+  code = run.main([f'--events={data}/events-00000-*.ndjson.gz', f'--project={PROJECT}',
+                   '--runner=FnApiRunner', f'--dataset={unique_name}', '--skip_table_setup'])
+  assert code == 2
+  error = capsys.readouterr().err
+  assert f'--dataset {unique_name}: cannot create the batch staging tables' in error, error
+
+
 def test_file_loads_write_method_with_a_local_temp_location(local_stack, unique_name, sample,
                                                             tmp_path):
   data, manifest = sample
