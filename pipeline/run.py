@@ -88,8 +88,8 @@ def launch(argv: list[str] | None = None):
     try:
       bigquery_sink.create_staging_tables(staging)
     except NotFound as err:
-      raise UsageError(f'--dataset {opts.dataset}: cannot create the batch staging tables '
-                       f'({err.message}); create the dataset and tables first (run without '
+      raise UsageError(f'--dataset {opts.dataset}: the batch load needs the dataset and its '
+                       f'tables ({err.message}); create them first (run without '
                        '--skip_table_setup)') from err
     _log.info('batch load %s: staging tables %s', staging.run_id,
               ', '.join(staging.table_id(t) for t in staging.tables))

@@ -13,6 +13,7 @@ import schemas
 from pipeline import run
 from scripts import generate_data, publish, show
 from transforms.rules import activity
+from transforms.sinks import bigquery as bigquery_sink
 from transforms.sinks import bigquery_client
 
 PROJECT = 'demo-local'
@@ -289,11 +290,16 @@ def test_a_rerun_changes_nothing_and_a_backfill_adds_only_new_events(local_stack
 def test_a_batch_run_into_a_missing_dataset_says_so_before_it_starts(local_stack, unique_name,
                                                                      sample, capsys):
   data, _ = sample
-  code = run.main([f'--events={data}/events-00000-*.ndjson.gz', f'--project={PROJECT}',
-                   '--runner=FnApiRunner', f'--dataset={unique_name}', '--skip_table_setup'])
-  assert code == 2
+  args = [f'--events={data}/events-00000-*.ndjson.gz', f'--project={PROJECT}',
+          '--runner=FnApiRunner', f'--dataset={unique_name}', '--skip_table_setup']
+  assert run.main(args) == 2
   error = capsys.readouterr().err
-  assert f'--dataset {unique_name}: cannot create the batch staging tables' in error, error
+  assert f'--dataset {unique_name}: the batch load needs the dataset and its tables' in error
+  # The dataset without the table a staging table merges into: the same, before anything runs.
+  bigquery_sink.ensure_tables(PROJECT, unique_name, records=('events',))
+  assert run.main(args) == 2
+  error = capsys.readouterr().err
+  assert 'customer_activity_hourly' in error and 'run without --skip_table_setup' in error, error
 
 
 def test_file_loads_write_method_with_a_local_temp_location(local_stack, unique_name, sample,

@@ -105,15 +105,17 @@ def _warn_on_other_key(what: str, found, kms_key: str | None) -> None:
 def create_staging_tables(load: StagedLoad) -> list[str]:
   """Creates the run's staging tables (`load.tables`, shaped like their tables, expiring after
   `loads.STAGING_EXPIRATION_HOURS` in case the run fails before it drops them). The dataset must
-  exist: NotFound when it does not (asked first: the emulator answers a table creation in a
-  missing dataset with a 500, which the client would retry for minutes). Returns the staging
-  table ids."""
+  exist, and so must the tables the staging tables merge into (their MERGE ends the run): NotFound
+  when one does not (asked first: the emulator answers a table creation in a missing dataset with
+  a 500, which the client would retry for minutes). Returns the staging table ids."""
   client = bigquery_client.cloud_client(load.target.project)
   expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
       hours=loads.STAGING_EXPIRATION_HOURS)
   created = []
   try:
     client.get_dataset(f'{load.target.project}.{load.target.dataset}')
+    for record in load.tables:
+      client.get_table(load.path(record, staged=False))
     for record in load.tables:
       table = table_definition(load.target.project, load.target.dataset, record,
                                load.table_id(record))
