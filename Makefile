@@ -91,9 +91,13 @@ stop:
 status:
 	$(STACK) status
 
-## test: set up, run the whole suite (the suite starts and stops its own emulators).
+## test: set up, run the whole suite (the suite starts and stops its own emulators). It runs on
+## TEST_WORKERS pytest-xdist workers (default 2), each with its own local stack; each test module
+## runs whole on one worker, the modules handed out in file order (integration first).
+## TEST_WORKERS=0 runs the suite in one process. Timings: docs/PERFORMANCE.md, "The test suite".
+TEST_WORKERS ?= 2
 test: venv $(JS_DEPS)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-unit: venv
 	$(PY) -m pytest tests/unit

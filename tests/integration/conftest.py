@@ -1,5 +1,7 @@
 """The integration suite's real components: one local stack (Pub/Sub, Firestore and BigQuery
 emulators) per test session, started by scripts.localstack and stopped when the session ends."""
+import contextlib
+import fcntl
 import os
 import pathlib
 import uuid
@@ -25,7 +27,8 @@ def local_stack_dir(tmp_path_factory):
 def local_stack(local_stack_dir):
   """Starts the emulators (their own state dir, free ports) and exports their environment."""
   state_dir = local_stack_dir
-  env = localstack.start(state_dir)
+  with one_start_at_a_time(local_stack_dir):
+    env = localstack.start(state_dir)
   saved = {name: os.environ.get(name) for name in env}
   os.environ.update(env)
   try:
@@ -43,3 +46,24 @@ def local_stack(local_stack_dir):
 def unique_name():
   """A fresh dataset/collection name, so tests sharing the stack never see each other's data."""
   return f't{uuid.uuid4().hex[:10]}'
+
+
+@contextlib.contextmanager
+def one_start_at_a_time(state_dir):
+  """Under pytest-xdist (`make test` runs two workers, each with its own stack), holds a lock
+  the session's workers share while this one starts its stack. A stack picks its ports by
+  binding port 0 and closing the socket, and the emulators bind more ports of the kernel's
+  choosing as they start: two stacks starting together could pick the same port, while a stack
+  started once the other is ready never picks a port the other has bound. A serial run takes
+  no lock."""
+  if not os.environ.get('PYTEST_XDIST_WORKER'):
+    yield
+    return
+  # Each worker's temporary root is <the session's root>/popen-gwN (tmp_path_factory).
+  lock_path = pathlib.Path(state_dir).parents[1] / 'localstack-start.lock'
+  with open(lock_path, 'a') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
