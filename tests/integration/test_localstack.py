@@ -22,13 +22,15 @@ def test_start_is_idempotent_env_is_usable_and_stop_ends_exactly_its_processes(t
   try:
     pids = {name: entry['pid'] for name, entry in localstack.load_state(state_dir)
             ['components'].items()}
-    assert set(pids) == {'pubsub', 'firestore', 'bigquery'}
+    assert set(pids) == {'pubsub', 'firestore', 'bigquery', 'redis'}
     assert env['BIGQUERY_EMULATOR_HOST'].startswith('http://127.0.0.1:')
     assert env['FIRESTORE_EMULATOR_HOST'].startswith('127.0.0.1:')
     assert env['PUBSUB_EMULATOR_HOST'].startswith('127.0.0.1:')
     assert env['GOOGLE_CLOUD_PROJECT'] == 'demo-local'
     with urllib.request.urlopen(env['BIGQUERY_EMULATOR_HOST'] + '/healthz', timeout=5) as reply:
       assert reply.status == 200
+    assert env['REDIS_URL'].startswith('redis://127.0.0.1:')
+    assert localstack.redis_answers(int(env['REDIS_URL'].rsplit(':', 1)[1].split('/')[0]), 2)
 
     # A second start leaves the running stack alone.
     assert localstack.start(state_dir) == env
