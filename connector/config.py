@@ -3,6 +3,7 @@ secrets are never logged or repr'd."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import re
@@ -48,12 +49,7 @@ class StreamSettings:
 
   @classmethod
   def from_env(cls, env) -> 'StreamSettings':
-    def number(name: str, default: str, kind):
-      raw = env.get(name) or default
-      try:
-        return kind(raw)
-      except ValueError:
-        raise ConfigError(f'{name} must be a number, got {raw[:50]!r}') from None
+    number = functools.partial(_env_number, env)
     return cls(topic=env.get('CONNECTOR_CHANGES_TOPIC') or None,
                buffer=number('CONNECTOR_STREAM_BUFFER', '10000', int),
                queue=number('CONNECTOR_STREAM_QUEUE', '1000', int),
@@ -98,12 +94,7 @@ class RedisSettings:
     url = env.get('CONNECTOR_REDIS_URL')
     if not url:
       return None
-    def number(name: str, default: str, kind):
-      raw = env.get(name) or default
-      try:
-        return kind(raw)
-      except ValueError:
-        raise ConfigError(f'{name} must be a number, got {raw[:50]!r}') from None
+    number = functools.partial(_env_number, env)
     return cls(url=url, prefix=env.get('CONNECTOR_REDIS_KEY_PREFIX') or cls.prefix,
                timeout_seconds=number('CONNECTOR_REDIS_TIMEOUT_MS', '100', float) / 1000,
                breaker_failures=number('CONNECTOR_REDIS_BREAKER_FAILURES', '5', int),
@@ -196,6 +187,15 @@ class Settings:
                holdout=_holdout(env), events_topic=env.get('CONNECTOR_EVENTS_TOPIC') or None,
                exposures_collection=env.get('CONNECTOR_EXPOSURES_COLLECTION') or 'exposures',
                stream=StreamSettings.from_env(env), redis=redis)
+
+
+def _env_number(env, name: str, default: str, kind):
+  """Setting `name` of `env` (else `default`) as `kind`, or a ConfigError naming it."""
+  raw = env.get(name) or default
+  try:
+    return kind(raw)
+  except ValueError:
+    raise ConfigError(f'{name} must be a number, got {raw[:50]!r}') from None
 
 
 def base_url(raw: str) -> str:
