@@ -98,7 +98,8 @@ def start(state_dir: pathlib.Path, project: str, collection: str, customer: str 
   print(f'(HTTP {reply.status_code}, ETag {reply.headers.get("etag")})')
   metrics = httpx.get(f'{base}/metrics', headers={'Authorization': f'Bearer {key}'},
                       timeout=10).text
-  tier = [line.split('result=')[1] for line in metrics.splitlines()
+  # `connector_redis_lookups_total{result="hit"} 1.0` -> `hit 1`
+  tier = [f'{line.split(chr(34))[1]} {float(line.split()[-1]):g}' for line in metrics.splitlines()
           if line.startswith('connector_redis_lookups_total{') and not line.endswith(' 0.0')]
   if tier:
     print(f'(Redis serving tier lookups: {", ".join(tier)}; docs/OPERATIONS.md)')
