@@ -40,6 +40,7 @@ import httpx
 import uvloop
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from bench import procstat
 from scripts import demo_connector, localstack
 from transforms.settings import FirestoreLocation, RedisTier
 from transforms.sinks.firestore import WriteDocuments
@@ -128,6 +129,16 @@ async def drive(base: str, paths: list[str], rate: float, seconds: float) -> dic
           'statuses': statuses}
 
 
+def measured(server: subprocess.Popen, base: str, paths: list[str], rate: float,
+             seconds: float) -> dict:
+  """One phase, with the share of a core the connector process used during it."""
+  cpu, started = procstat.cpu_seconds(server.pid), time.perf_counter()
+  result = asyncio.run(drive(base, paths, rate, seconds))
+  result['server_cores'] = round((procstat.cpu_seconds(server.pid) - cpu)
+                                 / (time.perf_counter() - started), 2)
+  return result
+
+
 def start_connector(project: str, collection: str, extra: dict) -> tuple[subprocess.Popen, str]:
   port = demo_connector.free_port()
   server = subprocess.Popen(
@@ -197,8 +208,8 @@ def main(argv=None) -> int:
       servers.append(server)
       asyncio.run(drive(base, warm, args.rate, args.warmup_seconds))
       if mode == 'redis':
-        results['healthz'] = asyncio.run(drive(base, ['/healthz'], args.rate, args.seconds))
-      results[mode] = asyncio.run(drive(base, personalization, args.rate, args.seconds))
+        results['healthz'] = measured(server, base, ['/healthz'], args.rate, args.seconds)
+      results[mode] = measured(server, base, personalization, args.rate, args.seconds)
       results[f'{mode}_unknown_ids'] = asyncio.run(drive(
           base, [f'/v1/customers/unknown-{mode}-{i}/personalization' for i in range(unknown)],
           args.unknown_rate, unknown / args.unknown_rate))
@@ -232,6 +243,7 @@ def main(argv=None) -> int:
     phase = results[name]
     print(f'{name:<22} {phase["achieved_rate"]:>7} req/s  p50 {phase["p50_ms"]} ms  '
           f'p95 {phase["p95_ms"]} ms  p99 {phase["p99_ms"]} ms  errors {phase["errors"]}  '
+          f'server {phase.get("server_cores", "-")} cores  '
           f'statuses {phase["statuses"]}')
   print(f'Redis hit ratio {result["redis_hit_ratio"]} (misses: the unknown ids); Firestore '
         f'mode cache hit ratio {result["firestore_mode_cache_hit_ratio"]} (warm-up included); '
