@@ -10,6 +10,7 @@ import re
 import urllib.parse
 
 from connector import tls as tls_files
+from transforms.rules import served
 from transforms.rules.holdout import DEFAULT_SALT, Holdout
 from transforms.rules.tracking import KeyRingError, TokenKeys, safe_url
 
@@ -64,17 +65,16 @@ class RedisSettings:
   bounds each lookup; after `breaker_failures` failures in a row Redis is skipped for
   `breaker_seconds`, then tried again."""
   url: str = dataclasses.field(repr=False)  # may carry a password
-  prefix: str = 'personalization:customers:'
+  prefix: str = served.DEFAULT_PREFIX
   timeout_seconds: float = 0.1
   breaker_failures: int = 5
   breaker_seconds: float = 5.0
 
   def __post_init__(self):
-    parts = urllib.parse.urlsplit(self.url or '')
-    if parts.scheme not in ('redis', 'rediss', 'unix') or not (parts.hostname or parts.path):
+    if not served.is_redis_url(self.url):
       raise ConfigError('CONNECTOR_REDIS_URL must be redis://HOST:PORT/DB (rediss:// for TLS, '
                         'unix:// for a socket), the pipeline\'s --redis_url')
-    if not self.prefix or any(c.isspace() for c in self.prefix):
+    if not served.is_key_prefix(self.prefix):
       raise ConfigError('CONNECTOR_REDIS_KEY_PREFIX must be non-empty, without spaces (the '
                         'pipeline\'s --redis_key_prefix)')
     for name, value, low, high in (('CONNECTOR_REDIS_TIMEOUT_MS', self.timeout_seconds * 1000,

@@ -17,7 +17,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   StandardOptions)
 
 import schemas
-from transforms.rules import events, holdout, profile
+from transforms.rules import events, holdout, profile, served
 from transforms.rules.audiences import definitions
 from transforms.rules.audiences.evaluate import Evaluator
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
@@ -183,7 +183,7 @@ class PersonalizationOptions(PipelineOptions):
              'last_event_at) there, version-checked, and a tombstone for a deleted document. '
              'Redis failing past --firestore_retry_seconds fails the bundle, as Firestore does.')
     parser.add_argument(
-        '--redis_key_prefix', default='personalization:customers:',
+        '--redis_key_prefix', default=served.DEFAULT_PREFIX,
         help='Prefix of the Redis keys (one hash per customer); the connector\'s '
              'CONNECTOR_REDIS_KEY_PREFIX must be the same.')
     parser.add_argument(

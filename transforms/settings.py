@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from transforms.rules import checks, loads, resources
+from transforms.rules import checks, loads, resources, served
 from transforms.rules.events import DEFAULT_MAX_MESSAGE_BYTES
 
 # Batch shuffles (transforms/shards.py).
@@ -228,16 +228,14 @@ class RedisTier:
   writes each customer's served entry there (transforms/rules/served.py). `retry_seconds` bounds
   the retries of a failing Redis before the bundle fails (`--firestore_retry_seconds`)."""
   url: str
-  prefix: str = 'personalization:customers:'
+  prefix: str = served.DEFAULT_PREFIX
   retry_seconds: float = DEFAULT_FIRESTORE_RETRY_SECONDS
 
   def __post_init__(self):
-    import urllib.parse
-    parts = urllib.parse.urlsplit(self.url or '')
-    if parts.scheme not in ('redis', 'rediss', 'unix') or not (parts.hostname or parts.path):
+    if not served.is_redis_url(self.url):
       raise ValueError(f'--redis_url must be redis://HOST:PORT/DB (rediss:// for TLS, unix:// '
                        f'for a socket), got {(self.url or "")[:100]!r}')
-    if not self.prefix or any(c.isspace() for c in self.prefix):
+    if not served.is_key_prefix(self.prefix):
       raise ValueError(f'--redis_key_prefix must be non-empty, without spaces, got '
                        f'{self.prefix!r}')
     _positive(self.retry_seconds, 'firestore_retry_seconds')

@@ -13,6 +13,7 @@ loses the version check (`SET_IF_NEWER` below).
 from __future__ import annotations
 
 import typing
+import urllib.parse
 
 from connector import shaping
 
@@ -55,6 +56,17 @@ class Entry(typing.NamedTuple):
       return [self.version, 'deleted', 1, TOMBSTONE_SECONDS]
     return [self.version, 'body', self.body, 'etag', self.etag, 'last_event_at',
             self.last_event_at or '', 0]
+
+
+def is_redis_url(url: str | None) -> bool:
+  """Whether `url` names a Redis the tier can use: redis://, rediss:// (TLS) or unix://."""
+  parts = urllib.parse.urlsplit(url or '')
+  return parts.scheme in ('redis', 'rediss', 'unix') and bool(parts.hostname or parts.path)
+
+
+def is_key_prefix(prefix: str | None) -> bool:
+  """Whether `prefix` can start the tier's keys: non-empty, no whitespace."""
+  return bool(prefix) and not any(c.isspace() for c in prefix)
 
 
 def key(prefix: str, customer_id: str) -> str:

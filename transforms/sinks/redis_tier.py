@@ -26,7 +26,7 @@ def _transient():
   # Connection refused or reset, timeouts, a replica that is loading or read-only after a
   # failover: all worth another try. A script or protocol error is not.
   return (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
-          redis.ReadOnlyError, api_exceptions.RetryError)
+          redis.ReadOnlyError)
 
 
 class RedisWriter:
@@ -56,12 +56,12 @@ class RedisWriter:
         self._on_retry(err)
       _log.warning('Redis %s failed (%s: %s); retrying with backoff for up to %.0f s', what,
                    type(err).__name__, str(err)[:200], self._tier.retry_seconds)
-    retry = api_retry.Retry(predicate=api_retry.if_exception_type(*_transient()[:-1]),
+    retry = api_retry.Retry(predicate=api_retry.if_exception_type(*_transient()),
                             initial=0.2, maximum=5.0, multiplier=2.0,
                             timeout=self._tier.retry_seconds, on_error=on_error)
     try:
       return retry(call)()
-    except _transient() as err:
+    except (*_transient(), api_exceptions.RetryError) as err:  # RetryError: the budget ran out
       raise RedisUnavailable(
           f'Redis ({what}, prefix {self._tier.prefix!r}) kept failing for '
           f'{self._tier.retry_seconds:.0f} s of retries: {type(err).__name__}: '
