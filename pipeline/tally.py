@@ -362,16 +362,22 @@ def _documents(scope: Scope, fs) -> tuple[int, int | None]:
   from google.cloud import firestore
   from google.cloud.firestore_v1.base_query import FieldFilter
   location = scope.documents
+  own = fs is None  # a client made here is closed here
   fs = fs or firestore.Client(project=location.project, database=location.database)
   collection = fs.collection(location.collection)
 
   def size(query) -> int:
     return int(query.count().get(timeout=CALL_TIMEOUT_SECONDS)[0][0].value)
 
-  total = size(collection)
-  if scope.since is None:
-    return total, None
-  return total, size(collection.where(filter=FieldFilter(DOCUMENT_WRITTEN_AT, '>=', scope.since)))
+  try:
+    total = size(collection)
+    if scope.since is None:
+      return total, None
+    return total, size(collection.where(filter=FieldFilter(DOCUMENT_WRITTEN_AT, '>=',
+                                                           scope.since)))
+  finally:
+    if own:
+      fs.close()
 
 
 def _one_line(err: Exception) -> str:

@@ -33,6 +33,7 @@ dropped, and events lost at the cancel). `--status` prints the same for the job 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -100,15 +101,20 @@ def stop_pipeline(process: subprocess.Popen, topic: str, timeout: float = 90) ->
   publisher = pubsub_v1.PublisherClient()
   process.send_signal(signal.SIGTERM)
   deadline = time.monotonic() + timeout
-  while process.poll() is None and time.monotonic() < deadline:
-    try:
-      publisher.publish(topic, b'{}', **dict([tally.STOP_WAKE_ATTRIBUTE])).result(timeout=10)
-    except Exception:  # the wake-up is best effort; the deadline still applies
-      pass
-    try:
-      process.wait(timeout=2)
-    except subprocess.TimeoutExpired:
-      pass
+  try:
+    while process.poll() is None and time.monotonic() < deadline:
+      try:
+        publisher.publish(topic, b'{}', **dict([tally.STOP_WAKE_ATTRIBUTE])).result(timeout=10)
+      except Exception:  # the wake-up is best effort; the deadline still applies
+        pass
+      try:
+        process.wait(timeout=2)
+      except subprocess.TimeoutExpired:
+        pass
+  finally:
+    # Its batching thread and channel end here, not at interpreter exit, after the stack (and
+    # the emulator it talks to) is gone.
+    publisher.stop()
   if process.poll() is None:
     _log.error('the pipeline did not stop within %.0f s: killing its process group', timeout)
     os.killpg(process.pid, signal.SIGKILL)
@@ -205,8 +211,8 @@ def print_status(state_dir: pathlib.Path) -> int:
 def document_count(collection: str) -> int | None:
   try:
     from google.cloud import firestore
-    query = firestore.Client(project=PROJECT).collection(collection).count()
-    return int(query.get(timeout=5)[0][0].value)
+    with contextlib.closing(firestore.Client(project=PROJECT)) as client:
+      return int(client.collection(collection).count().get(timeout=5)[0][0].value)
   except Exception:  # progress output only; never stop the run over it
     return None
 
