@@ -1,5 +1,8 @@
 """The connector's pure parts: settings, response shaping, the TTL cache."""
 import datetime as dt
+import json
+import subprocess
+import sys
 import time
 
 import pytest
@@ -120,3 +123,22 @@ def test_ids_firestore_reserves_and_oversized_projections_are_bad_requests():
   with pytest.raises(shaping.BadRequest, match='at most'):
     shaping.parse_fields('cart,' * 300)
   assert shaping.parse_fields(','.join(shaping.served_fields())) == shaping.served_fields()
+
+
+def test_the_server_freezes_what_start_up_made_including_the_lazily_imported_clients():
+  # In a child process: freezing is process-wide and would keep this test run's objects forever.
+  script = ('import gc, json, sys\n'
+            'from connector.__main__ import freeze_startup_objects\n'
+            'before = len(gc.get_objects())\n'
+            'freeze_startup_objects()\n'
+            'print(json.dumps([before, len(gc.get_objects()), gc.get_freeze_count(),\n'
+            '                  "google.cloud.firestore" in sys.modules,\n'
+            '                  "redis.asyncio" in sys.modules]))\n')
+  done = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                        check=True, timeout=120)
+  before, tracked, frozen, firestore_loaded, redis_loaded = json.loads(done.stdout)
+  # A collection now walks (almost) nothing start-up made; what is frozen is at least all that
+  # the app's imports had made, plus the two client libraries imported for the purpose.
+  assert tracked < before / 100
+  assert frozen > before
+  assert firestore_loaded and redis_loaded
