@@ -13,11 +13,11 @@ def freeze_startup_objects() -> None:
   """Keep what start-up made out of every later garbage collection (gc.freeze).
 
   uvicorn and FastAPI leave a few reference cycles per request (uvicorn's RequestResponseCycle,
-  FastAPI's AsyncExitStacks), so the collector's oldest generation runs every few seconds under
-  load, and each run walked every object start-up made: the modules, the app and the client
-  libraries (about 105,000 objects, a 40 ms pause of the whole server: the p99 tail
-  docs/PERFORMANCE.md traces). The client libraries the app imports on first use are imported
-  here first, so they are frozen too; then one collection, so start-up's own garbage is not kept.
+  FastAPI's AsyncExitStacks), so under load the collector's oldest generation runs every few
+  seconds, and each run walked every object start-up made (the modules, the app, the client
+  libraries) with the whole server stopped: the p99 tail docs/PERFORMANCE.md traces. The client
+  libraries the app imports on first use are imported here first, so they are frozen too; then
+  one collection, so start-up's own garbage is not kept.
   """
   import google.cloud.firestore  # noqa: F401  (DocumentStore imports it on its first lookup)
   import redis.asyncio  # noqa: F401  (RedisEntries imports it on its first lookup)
